@@ -1,0 +1,11 @@
+"""senet-jax: Squeeze-and-Excitation Networks in JAX/Flax."""
+from senet_jax.layers import SqueezeExcite, reduced_width
+from senet_jax.models import ResNet, create_model, list_models
+
+__version__ = '0.1.0'
+
+
+def load_pretrained(directory, num_classes=None):
+    """(model, variables) from a directory written by `python -m senet_jax.convert`."""
+    from senet_jax.convert import load_pretrained as _load
+    return _load(directory, num_classes=num_classes)

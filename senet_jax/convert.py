@@ -1,0 +1,278 @@
+"""PyTorch (timm / Cadene-Caffe layout) weights -> Flax variables, and back to a model.
+
+    python -m senet_jax.convert --model se_resnet50 --weights seresnet50.safetensors --out DIR
+
+writes an Orbax checkpoint of {'params', 'batch_stats'} plus `model.json`, which
+`senet_jax.load_pretrained(DIR)` turns back into (model, variables) and the
+trainer starts from with `--config.init_from=DIR`.
+
+Loading never executes pickled code: `.safetensors` is read as plain tensors,
+and a `.pth` zip archive is unpickled by a reader that only rebuilds tensors
+and refuses every other object (torch itself is not needed).
+"""
+import argparse
+import json
+import os
+import pickle
+import sys
+import zipfile
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from senet_jax.models import ResNet, create_model, model_spec
+
+METADATA = 'model.json'
+VARIABLES = 'variables'
+
+
+class ConversionError(ValueError):
+    """A weights file that does not fit the model it is loaded into."""
+
+
+# --- Flax path -> PyTorch key -------------------------------------------------
+
+def _torch_module(path: Tuple[str, ...], layout: str) -> str:
+    """The reference's module name for a Flax module path."""
+    legacy = layout == 'legacy'
+    head, rest = path[0], list(path[1:])
+    if head.startswith('stem_'):
+        name = head[len('stem_'):]
+        return f'layer0.{name}' if legacy else name
+    if head == 'fc':
+        return 'last_linear' if legacy else 'fc'
+    stage, block = head[len('stage'):].split('_block')
+    parts = [f'layer{int(stage) - 1}', block]
+    for p in rest:
+        parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': 'downsample.0',
+                      'downsample_bn': 'downsample.1'}.get(p, p))
+    return '.'.join(parts)
+
+
+_LEAF = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias', ('params', 'scale'): 'weight',
+         ('batch_stats', 'mean'): 'running_mean', ('batch_stats', 'var'): 'running_var'}
+
+
+def torch_key(collection: str, path: Tuple[str, ...], layout: str) -> str:
+    return f'{_torch_module(path[:-1], layout)}.{_LEAF[(collection, path[-1])]}'
+
+
+def _to_flax(value: np.ndarray, leaf: str, target_ndim: int) -> np.ndarray:
+    if leaf != 'kernel':
+        return value
+    if target_ndim == 4:                        # conv (O, I/g, kh, kw) -> (kh, kw, I/g, O)
+        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 4:                         # SE 1x1 conv -> dense (I, O)
+        value = value[:, :, 0, 0]
+    return value.T                              # linear (O, I) -> (I, O)
+
+
+def _as_numpy(value) -> np.ndarray:
+    if hasattr(value, 'detach'):                # a torch tensor
+        value = value.detach().cpu().float().numpy() if value.dtype.is_floating_point \
+            else value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _num_classes(name: str, state_dict: Mapping[str, Any]) -> int:
+    key = 'last_linear.weight' if model_spec(name).layout == 'legacy' else 'fc.weight'
+    if key not in state_dict:
+        raise ConversionError(f"The weights have no classifier '{key}': they are not in the "
+                              f"layout of {name}'s reference ({model_spec(name).reference}).")
+    return int(np.shape(state_dict[key])[0])
+
+
+def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict[str, Any]:
+    """{'params', 'batch_stats'} for zoo model `name` from a reference state_dict.
+
+    Strict: every key the model needs must be present with the right shape, and
+    no other key may be (num_batches_tracked aside); the error names the keys.
+    """
+    spec = model_spec(name)
+    if spec.reference is None:
+        raise ConversionError(f'{name} has no PyTorch reference to convert from.')
+    model = create_model(name, num_classes=_num_classes(name, state_dict), **overrides)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    state = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
+
+    flat, used, missing, misshapen = {}, set(), [], []
+    for (collection, *path), target in traverse_util.flatten_dict(dict(shapes)).items():
+        key = torch_key(collection, tuple(path), spec.layout)
+        if key not in state:
+            missing.append(key)
+            continue
+        used.add(key)
+        value = _to_flax(_as_numpy(state[key]), path[-1], len(target.shape))
+        if value.shape != target.shape:
+            misshapen.append(f'{key} {tuple(np.shape(state[key]))}')
+            continue
+        flat[(collection, *path)] = value.astype(np.float32)
+    unexpected = sorted(set(state) - used)
+    problems = []
+    for what, keys in (('missing', missing), ('unexpected', unexpected),
+                       ('with the wrong shape', misshapen)):
+        if keys:
+            shown = ', '.join(keys[:8]) + (f' and {len(keys) - 8} more' if len(keys) > 8 else '')
+            problems.append(f'{len(keys)} key(s) {what}: {shown}')
+    if problems:
+        raise ConversionError(f'These weights do not fit {name} (reference {spec.reference}): '
+                              + '; '.join(problems) + '.')
+    return traverse_util.unflatten_dict(flat)
+
+
+# --- Reading weight files without executing pickled code ----------------------
+
+_STORAGE_DTYPES = {
+    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
+    'BFloat16Storage': 'bfloat16', 'LongStorage': np.int64, 'IntStorage': np.int32,
+    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
+    'BoolStorage': np.bool_,
+}
+
+
+class _StorageType:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    itemsize = storage.dtype.itemsize
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)).copy()
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds a state_dict of tensors from torch's zip format; refuses any other object."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(file)
+        self._archive, self._prefix = archive, prefix
+
+    def find_class(self, module, name):
+        if (module, name) == ('collections', 'OrderedDict'):
+            import collections
+            return collections.OrderedDict
+        if module == 'torch._utils' and name == '_rebuild_tensor_v2':
+            return _rebuild_tensor
+        if module == 'torch._utils' and name == '_rebuild_parameter':
+            return _rebuild_parameter
+        if module == 'torch' and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        raise pickle.UnpicklingError(f'refusing to load {module}.{name}: a weights file may only '
+                                     'hold tensors')
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, _numel = pid
+        if kind != 'storage' or not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f'unsupported storage record {kind!r}')
+        raw = self._archive.read(f'{self._prefix}data/{key}')
+        if storage_type.dtype == 'bfloat16':
+            bits = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
+            return bits.view(np.float32)
+        return np.frombuffer(raw, storage_type.dtype)
+
+
+def _read_torch_zip(path: str) -> Dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as archive:
+        pkl = [n for n in archive.namelist() if n.endswith('data.pkl')]
+        if len(pkl) != 1:
+            raise ConversionError(f'{path} is not a PyTorch checkpoint (no data.pkl inside).')
+        prefix = pkl[0][:-len('data.pkl')]
+        with archive.open(pkl[0]) as f:
+            try:
+                obj = _TensorsOnlyUnpickler(f, archive, prefix).load()
+            except (pickle.UnpicklingError, ValueError, TypeError) as e:
+                raise ConversionError(f'Refusing {path}: {e}.') from None
+    return obj
+
+
+def read_weights(path: str) -> Dict[str, np.ndarray]:
+    """A state_dict of numpy arrays from `.safetensors` or `.pth`/`.pt` (zip format)."""
+    if not os.path.isfile(path):
+        raise ConversionError(f'No weights file at {path}.')
+    if path.endswith('.safetensors'):
+        from safetensors.numpy import load_file
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise ConversionError(f'{path} is not a readable .safetensors file ({e}).') from None
+    if not zipfile.is_zipfile(path):
+        raise ConversionError(
+            f'{path} is neither .safetensors nor a zip-format PyTorch checkpoint. Re-save it '
+            'with `torch.save(torch.load(f, weights_only=True), "w.pth")` or as .safetensors.')
+    obj = _read_torch_zip(path)
+    for wrapper in ('state_dict', 'model', 'state_dict_ema'):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+        raise ConversionError(f'{path} does not hold a state_dict of tensors.')
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
+
+
+# --- Orbax checkpoint of converted weights ------------------------------------
+
+def save_converted(out_dir: str, name: str, variables, source: str = '') -> None:
+    import orbax.checkpoint as ocp
+    out_dir = os.path.abspath(out_dir)
+    num_classes = int(variables['params']['fc']['bias'].shape[0])
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(out_dir, VARIABLES), variables, force=True)
+    with open(os.path.join(out_dir, METADATA), 'w') as f:
+        json.dump({'model': name, 'num_classes': num_classes, 'source': os.path.basename(source),
+                   'reference': model_spec(name).reference}, f, indent=1)
+
+
+def load_pretrained(directory: str, num_classes=None, rng=None):
+    """(model, variables) from a directory written by `python -m senet_jax.convert`.
+
+    With `num_classes` different from the checkpoint's, the classifier ('fc') is
+    freshly initialised (from `rng`, default key 0) and the backbone kept.
+    """
+    import orbax.checkpoint as ocp
+    directory = os.path.abspath(directory)
+    meta_path = os.path.join(directory, METADATA)
+    if not os.path.isfile(meta_path):
+        raise ConversionError(f'{directory} holds no converted weights (no {METADATA}); '
+                              'write one with `python -m senet_jax.convert`.')
+    with open(meta_path) as f:
+        meta = json.load(f)
+    model = create_model(meta['model'], num_classes=meta['num_classes'])
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    with ocp.StandardCheckpointer() as ckptr:
+        variables = ckptr.restore(os.path.join(directory, VARIABLES), abstract)
+    variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+    if num_classes is not None and num_classes != meta['num_classes']:
+        model = create_model(meta['model'], num_classes=num_classes)
+        fresh = model.init(rng if rng is not None else jax.random.key(0),
+                           jnp.zeros((1, 64, 64, 3)))
+        variables['params'] = {**variables['params'], 'fc': fresh['params']['fc']}
+    return model, variables
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m senet_jax.convert', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', required=True, help='zoo name, e.g. se_resnet50')
+    parser.add_argument('--weights', required=True, help='.safetensors or .pth state_dict')
+    parser.add_argument('--out', required=True, help='output directory')
+    args = parser.parse_args(argv)
+    try:
+        variables = torch_to_flax(args.model, read_weights(args.weights))
+        save_converted(args.out, args.model, variables, source=args.weights)
+    except (ConversionError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    n = sum(x.size for x in jax.tree.leaves(variables['params']))
+    print(f'Converted {args.weights} -> {os.path.abspath(args.out)} ({args.model}, {n:,} parameters).')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""One residual-network family: ResNet, ResNeXt, SE-ResNet, SE-ResNeXt and SENet-154.
+
+SE is an option of the block (Sec. 4 and 6.4 of the paper), not a separate
+class per variant: `se_stages` says which stages carry it (paper numbering,
+2..5 = conv2_x..conv5_x; empty for the plain baselines) and `se_position` where
+it sits in the residual unit. Both reference layouts are options too:
+
+- torchvision / timm `seresnet*`: stride on the 3x3 conv, 3x3/2 stem pool with
+  padding 1, SE width rounded to multiples of 8.
+- official Caffe / timm `legacy_*`: stride on the first 1x1 conv of SE-ResNet
+  bottlenecks, ceil-mode stem pool without padding, SE width floor(C/r), and a
+  ReLU before the SE in basic blocks. SENet-154 adds a three-conv stem, 3x3
+  downsampling projections and a half-width first 1x1 conv.
+
+Every convolution uses explicit symmetric padding (k // 2), as PyTorch does,
+never 'SAME', so odd input sizes give exactly the reference's feature maps.
+"""
+import functools
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from senet_jax.layers import SqueezeExcite, conv_padding, max_pool_ceil
+
+Dtype = Any
+
+SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
+STAGES = (2, 3, 4, 5)
+
+
+class ResidualBlock(nn.Module):
+    """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual unit, with optional SE.
+
+    se_position (Fig. 5, Tables 14 and 15 of the paper):
+      'standard': on the residual branch, after its last BN, before the addition;
+      'pre':      on the residual branch, before its first conv;
+      'post':     after the addition and its ReLU;
+      'identity': on the identity (shortcut) path, in parallel to the branch;
+      '3x3':      after the 3x3 conv (and its BN + ReLU) of a bottleneck; after
+                  the first conv of a basic block.
+    """
+    features: int                 # output channels
+    width: int                    # channels of the 3x3 conv (bottleneck) / of the block (basic)
+    bottleneck: bool = True
+    stride: int = 1
+    groups: int = 1
+    reduce_first: int = 1         # the first 1x1 conv has width // reduce_first channels
+    stride_on_1x1: bool = False   # Caffe SE-ResNet: stride on the first 1x1 conv
+    act_before_se: bool = False   # Caffe basic block: ReLU after the last BN, before SE
+    downsample_kernel: int = 1    # kernel of the strided projection shortcut (3 in SENet-154)
+    se: Optional[Any] = None      # a SqueezeExcite partial, or None for no SE
+    se_position: str = 'standard'
+    zero_init_last: bool = True   # last BN scale starts at 0 (Goyal et al.), as timm
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+        last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
+        se = (lambda pos: self.se(name='se') if self.se is not None and pos == self.se_position
+              else (lambda v: v))
+
+        y = se('pre')(x)
+        if self.bottleneck:
+            s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
+            y = conv(self.width // self.reduce_first, (1, 1), (s1, s1), padding=0, name='conv1')(y)
+            y = nn.relu(norm(name='bn1')(y))
+            y = conv(self.width, (3, 3), (s3, s3), padding=conv_padding(3),
+                     feature_group_count=self.groups, name='conv2')(y)
+            y = nn.relu(norm(name='bn2')(y))
+            y = se('3x3')(y)
+            y = conv(self.features, (1, 1), padding=0, name='conv3')(y)
+            y = norm(scale_init=last_scale, name='bn3')(y)
+        else:
+            y = conv(self.width, (3, 3), (self.stride, self.stride), padding=conv_padding(3),
+                     name='conv1')(y)
+            y = nn.relu(norm(name='bn1')(y))
+            y = se('3x3')(y)
+            y = conv(self.features, (3, 3), padding=conv_padding(3), feature_group_count=self.groups,
+                     name='conv2')(y)
+            y = norm(scale_init=last_scale, name='bn2')(y)
+            if self.act_before_se:
+                y = nn.relu(y)
+        y = se('standard')(y)
+
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.features:
+            k = self.downsample_kernel if self.stride != 1 else 1
+            shortcut = conv(self.features, (k, k), (self.stride, self.stride),
+                            padding=conv_padding(k), name='downsample_conv')(x)
+            shortcut = norm(name='downsample_bn')(shortcut)
+        shortcut = se('identity')(shortcut)
+        return se('post')(nn.relu(y + shortcut))
+
+
+class ResNet(nn.Module):
+    """Residual network for image classification, NHWC.
+
+    `__call__(x, train=False)` returns float32 logits. With
+    `return_features=True` it returns the stage outputs instead, a dict with
+    'stem' and 'conv2_x' .. 'conv5_x' (strides 4, 4, 8, 16, 32 for the ImageNet
+    stems), for detection and segmentation backbones.
+    """
+    layers: Sequence[int]
+    bottleneck: bool = True
+    num_classes: int = 1000
+    widths: Sequence[int] = (64, 128, 256, 512)   # 'planes' of each stage
+    cardinality: int = 1                          # groups of the 3x3 conv (ResNeXt C)
+    base_width: int = 64                          # ResNeXt d: 3x3 width = planes * d / 64 * C
+    reduce_first: int = 1
+    stem: str = '7x7'                             # '7x7' | 'deep' (three 3x3) | 'small' (one 3x3/1)
+    stem_width: int = 64
+    stem_pool: Optional[str] = 'pad'              # 'pad' (3x3/2, pad 1) | 'ceil' (Caffe) | None
+    stride_on_1x1: bool = False
+    act_before_se: bool = False
+    downsample_kernel: int = 1
+    # Squeeze-and-Excitation, in the paper's words.
+    se_stages: Sequence[int] = STAGES
+    reduction: float = 16
+    squeeze: str = 'avg'
+    gate: str = 'sigmoid'
+    se_position: str = 'standard'
+    se_divisor: int = 1
+    se_bias: bool = True
+    drop_rate: float = 0.0
+    zero_init_last: bool = True
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    def _check(self):
+        if self.se_position not in SE_POSITIONS:
+            raise ValueError(f"se_position must be one of {SE_POSITIONS}, got '{self.se_position}'.")
+        bad = [s for s in self.se_stages if s not in STAGES]
+        if bad:
+            raise ValueError(f'se_stages must be a subset of {set(STAGES)} '
+                             f'(conv2_x..conv5_x), got {tuple(self.se_stages)}.')
+        if not self.reduction >= 1:
+            raise ValueError(f'reduction (r) must be at least 1, got {self.reduction}.')
+        if len(self.layers) != 4 or len(self.widths) != 4:
+            raise ValueError('layers and widths need one entry per stage (4).')
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        self._check()
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x.astype(self.dtype or x.dtype)
+        features = {}
+
+        if self.stem == '7x7':
+            x = conv(self.stem_width, (7, 7), (2, 2), padding=conv_padding(7), name='stem_conv1')(x)
+            x = nn.relu(norm(name='stem_bn1')(x))
+        elif self.stem == 'deep':
+            for i, (w, s) in enumerate([(64, 2), (64, 1), (self.stem_width, 1)], start=1):
+                x = conv(w, (3, 3), (s, s), padding=conv_padding(3), name=f'stem_conv{i}')(x)
+                x = nn.relu(norm(name=f'stem_bn{i}')(x))
+        elif self.stem == 'small':
+            x = conv(self.stem_width, (3, 3), padding=conv_padding(3), name='stem_conv1')(x)
+            x = nn.relu(norm(name='stem_bn1')(x))
+        else:
+            raise ValueError(f"stem must be '7x7', 'deep' or 'small', got '{self.stem}'.")
+        features['stem'] = x
+        if self.stem_pool == 'pad':
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        elif self.stem_pool == 'ceil':
+            x = max_pool_ceil(x, 3, 2)
+
+        expansion = 4 if self.bottleneck else 1
+        for i, (stage, depth, planes) in enumerate(zip(STAGES, self.layers, self.widths)):
+            se = None
+            if stage in self.se_stages:
+                se = functools.partial(
+                    SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
+                    gate=self.gate, divisor=self.se_divisor, use_bias=self.se_bias,
+                    dtype=self.dtype, param_dtype=self.param_dtype)
+            width = (planes * self.base_width // 64) * self.cardinality if self.bottleneck else planes
+            for b in range(depth):
+                x = ResidualBlock(
+                    features=planes * expansion, width=width, bottleneck=self.bottleneck,
+                    stride=2 if (b == 0 and i > 0) else 1, groups=self.cardinality,
+                    reduce_first=self.reduce_first, stride_on_1x1=self.stride_on_1x1,
+                    act_before_se=self.act_before_se, downsample_kernel=self.downsample_kernel,
+                    se=se, se_position=self.se_position, zero_init_last=self.zero_init_last,
+                    dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f'stage{stage}_block{b}')(x, train)
+            features[f'conv{stage}_x'] = x
+        if return_features:
+            return features
+
+        x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)  # global average pooling
+        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name='fc')(x)
+        return x.astype(jnp.float32)

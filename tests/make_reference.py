@@ -1,0 +1,53 @@
+"""Regenerate the parity fixtures in tests/fixtures/reference/ from timm.
+
+Needs torch and timm (not in requirements.txt):
+    pip install torch torchvision timm && python tests/make_reference.py [NAME ...]
+
+For each zoo model with a reference, builds timm's network, fills it with the
+seeded weights of `reference_weights.random_state_dict`, and stores the
+reference's state_dict keys/shapes, its parameter count and its float64 eval
+logits at each input size. The tests rebuild the same weights with numpy alone.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import timm
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from reference_weights import INPUT_SIZES, random_input, random_state_dict  # noqa: E402
+from senet_jax.models import list_models, model_spec  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'reference')
+
+
+def make(name):
+    ref = model_spec(name).reference
+    model = timm.create_model(ref, pretrained=False).eval()
+    sd = model.state_dict()
+    keys = [(k, list(v.shape)) for k, v in sd.items()]
+    weights = random_state_dict(keys)
+    model.load_state_dict({k: torch.from_numpy(weights[k]) if k in weights else v
+                           for k, v in sd.items()})
+    model = model.double()
+    record = {'reference': ref, 'timm_version': timm.__version__, 'torch_version': torch.__version__,
+              'num_params': sum(p.numel() for p in model.parameters()),
+              'keys': keys, 'logits': {}}
+    with torch.no_grad():
+        for h, w in INPUT_SIZES:
+            x = torch.from_numpy(random_input(h, w)).double()
+            record['logits'][f'{h}x{w}'] = [float(f'{v:.9g}') for v in model(x)[0].tolist()]
+    with open(os.path.join(OUT, f'{name}.json'), 'w') as f:
+        json.dump(record, f, separators=(',', ':'))
+    lg = np.array(record['logits']['224x224'])
+    print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}')
+
+
+if __name__ == '__main__':
+    torch.set_num_threads(2)
+    os.makedirs(OUT, exist_ok=True)
+    for name in sys.argv[1:] or [n for n in list_models() if model_spec(n).reference]:
+        make(name)

@@ -1,0 +1,53 @@
+"""Deterministic random weights for a reference state_dict, shared by the fixture
+generator (run with torch + timm) and the parity tests (numpy only)."""
+import re
+import zlib
+
+import numpy as np
+
+INPUT_SIZES = ((224, 224), (161, 131))   # odd sizes expose padding and ceil-mode pooling
+
+
+def _last_bn(keys):
+    """Per residual block, the BN that ends its branch (kept small so deep nets stay finite)."""
+    last = {}
+    for k in keys:
+        m = re.match(r'(layer\d+\.\d+)\.bn(\d)\.weight$', k)
+        if m:
+            last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
+    return {f'{block}.bn{i}' for block, i in last.items()}
+
+
+def random_state_dict(keys_and_shapes, seed=0):
+    """{key: float32 array} for [(key, shape), ...], each value a function of (seed, key)."""
+    keys = [k for k, _ in keys_and_shapes]
+    small = _last_bn(keys)
+    out = {}
+    for key, shape in keys_and_shapes:
+        if key.endswith('num_batches_tracked'):
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        module, leaf = key.rsplit('.', 1)
+        shape = tuple(shape)
+        is_bn = 'bn' in module.split('.')[-1] or module.endswith('downsample.1')
+        if leaf == 'weight' and is_bn:
+            lo, hi = (0.05, 0.25) if module in small else (0.5, 1.5)
+            v = rng.uniform(lo, hi, shape)
+        elif leaf == 'running_var':
+            v = rng.uniform(0.5, 1.5, shape)
+        elif leaf in ('bias', 'running_mean'):
+            v = rng.normal(0.0, 0.1, shape)
+        elif leaf == 'weight':
+            fan_in = int(np.prod(shape[1:]))
+            is_se_or_head = '.se' in module or module in ('fc', 'last_linear')
+            gain = 1.0 if is_se_or_head else 2.0   # He init for convs feeding ReLUs
+            v = rng.normal(0.0, np.sqrt(gain / fan_in), shape)
+        else:
+            raise ValueError(f'no rule for {key}')
+        out[key] = v.astype(np.float32)
+    return out
+
+
+def random_input(height, width, seed=0):
+    """One NCHW float32 image, standard normal."""
+    return np.random.default_rng([seed, height, width]).normal(size=(1, 3, height, width)).astype(np.float32)
