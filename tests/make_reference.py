@@ -46,8 +46,24 @@ def make(name):
     print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}')
 
 
+def make_pth():
+    """A small torch.save() file with tensors of several dtypes, views and a Parameter,
+    and the values it holds, for the torch-free .pth reader's test."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, generator=g)
+    sd = {'w': base, 'view_t': base.t(), 'slice': base[1:3, ::2],
+          'param': torch.nn.Parameter(torch.randn(3, 2, 1, 1, generator=g)),
+          'f16': base.half(), 'bf16': base.bfloat16(), 'i64': torch.arange(5), 'flag': torch.tensor([True, False])}
+    path = os.path.join(os.path.dirname(OUT), 'tensors.pth')
+    torch.save(sd, path)
+    np.savez(os.path.join(os.path.dirname(OUT), 'tensors_expected.npz'),
+             **{k: (v.detach().float() if v.dtype == torch.bfloat16 else v.detach()).numpy() for k, v in sd.items()})
+    print('wrote', path)
+
+
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
+    make_pth()
     for name in sys.argv[1:] or [n for n in list_models() if model_spec(n).reference]:
         make(name)

@@ -1,0 +1,177 @@
+"""The SE block and the model family: paper parameter counts, every option, dtypes, errors."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from senet_jax import SqueezeExcite, create_model, list_models, reduced_width
+from senet_jax.models import SE_POSITIONS, min_input_size
+
+
+def n_params(name, **overrides):
+    model = create_model(name, **overrides)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    return sum(x.size for x in jax.tree.leaves(shapes['params']))
+
+
+def paper_millions(n):
+    """The paper's tables round parameter counts up to 0.1M (e.g. 26.35M is listed as 26.4M)."""
+    return math.ceil(n / 1e5) / 10
+
+
+@pytest.mark.parametrize('reduction,millions', [(2, 45.7), (4, 35.7), (8, 30.7), (16, 28.1), (32, 26.9)])
+def test_table10_reduction_ratio_params(reduction, millions):
+    assert paper_millions(n_params('se_resnet50', reduction=reduction)) == millions
+
+
+@pytest.mark.parametrize('stage,millions', [(2, 25.6), (3, 25.7), (4, 26.4)])
+def test_table13_se_in_one_stage_params(stage, millions):
+    assert paper_millions(n_params('se_resnet50', se_stages=(stage,))) == millions
+
+
+def test_table15_se_after_3x3_params():
+    assert paper_millions(n_params('se_resnet50', se_position='3x3')) == 25.8
+
+
+def test_baseline_and_se_resnet50_params():
+    assert paper_millions(n_params('resnet50')) == 25.6
+    assert paper_millions(n_params('se_resnet50')) == 28.1
+    assert n_params('se_resnet50', se_stages=()) == n_params('resnet50')
+
+
+def test_reduced_width_rounding_of_both_layouts():
+    assert reduced_width(64, 16) == 4                # official / legacy: floor(C / r)
+    assert reduced_width(64, 16, divisor=8) == 8     # timm seresnet: nearest multiple of 8, min 8
+    assert reduced_width(256, 16, divisor=8) == reduced_width(256, 16) == 16
+    assert reduced_width(100, 16, divisor=8) == 8 and reduced_width(100, 16) == 6
+    with pytest.raises(ValueError):
+        reduced_width(64, 0)
+
+
+# A small bottleneck network (one block per stage) keeps the option sweep fast.
+TINY = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), reduction=4)
+
+
+def _forward_and_grad(model, x):
+    variables = model.init({'params': jax.random.key(0)}, x)
+
+    def loss(params):
+        out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+        return jnp.mean(out ** 2), out
+
+    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+    return out, grads
+
+
+@pytest.mark.parametrize('squeeze', ['avg', 'max', 'none'])
+@pytest.mark.parametrize('gate', ['sigmoid', 'tanh', 'relu'])
+def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gate):
+    model = create_model('se_resnet50', num_classes=5, squeeze=squeeze, gate=gate,
+                         zero_init_last=False, **TINY)
+    out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(1), (2, 32, 32, 3)))
+    assert out.shape == (2, 5) and bool(jnp.all(jnp.isfinite(out)))
+    se_grads = [g for path, g in jax.tree_util.tree_leaves_with_path(grads) if 'se' in jax.tree_util.keystr(path)]
+    assert se_grads and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert any(float(jnp.abs(g).max()) > 0 for g in se_grads)
+
+
+@pytest.mark.parametrize('position', SE_POSITIONS)
+@pytest.mark.parametrize('name', ['se_resnet50', 'se_resnet18'])
+def test_every_se_position_builds_and_trains(position, name):
+    model = create_model(name, num_classes=3, se_position=position, zero_init_last=False, **TINY)
+    out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(2), (2, 32, 32, 3)))
+    assert bool(jnp.all(jnp.isfinite(out))) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('stages', [(), (2,), (3,), (4,), (5,), (2, 3, 4, 5)])
+def test_se_stages_place_se_where_asked(stages):
+    model = create_model('se_resnet50', num_classes=3, se_stages=stages, **TINY)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    with_se = sorted(int(k[len('stage'):].split('_')[0]) for k, v in variables['params'].items()
+                     if k.startswith('stage') and 'se' in v)
+    assert with_se == sorted(stages)
+
+
+def test_gates_are_sown_for_analysis():
+    model = create_model('se_resnet_mini', num_classes=10)
+    x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    variables = model.init(jax.random.key(1), x)
+    _, state = model.apply(variables, x, mutable=['intermediates'])
+    gates = {k: v['se']['gate'][0] for k, v in state['intermediates'].items()}
+    assert sorted(gates) == ['stage2_block0', 'stage3_block0', 'stage4_block0', 'stage5_block0']
+    assert gates['stage5_block0'].shape == (3, 128)
+    assert all(bool(jnp.all((g > 0) & (g < 1))) for g in gates.values())  # sigmoid gates
+
+
+def test_no_squeeze_gates_vary_over_space():
+    se = SqueezeExcite(reduction=4, squeeze='none')
+    u = jax.random.normal(jax.random.key(0), (2, 5, 7, 16))
+    variables = se.init(jax.random.key(1), u)
+    out, state = se.apply(variables, u, mutable=['intermediates'])
+    gate = state['intermediates']['gate'][0]
+    assert gate.shape == (2, 5, 7, 16) and out.shape == u.shape
+    np.testing.assert_allclose(out, u * gate, rtol=1e-6)
+
+
+def test_squeeze_excite_matches_the_paper_equations():
+    u = jax.random.normal(jax.random.key(0), (2, 4, 4, 32))
+    se = SqueezeExcite(reduction=8)
+    v = se.init(jax.random.key(1), u)
+    p = v['params']
+    z = u.mean(axis=(1, 2))
+    s = jax.nn.sigmoid(jax.nn.relu(z @ p['fc1']['kernel'] + p['fc1']['bias']) @ p['fc2']['kernel'] + p['fc2']['bias'])
+    assert p['fc1']['kernel'].shape == (32, 4)
+    np.testing.assert_allclose(se.apply(v, u), u * s[:, None, None, :], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    f32 = create_model('se_resnet50', num_classes=10, zero_init_last=False, **TINY)
+    bf16 = create_model('se_resnet50', num_classes=10, zero_init_last=False, dtype=jnp.bfloat16, **TINY)
+    variables = f32.init(jax.random.key(1), x)
+    a, b = f32.apply(variables, x), bf16.apply(variables, x)
+    assert b.dtype == jnp.float32   # logits come back in float32 for the loss
+    assert jax.tree.leaves(variables['params'])[0].dtype == jnp.float32
+    assert float(jnp.abs(a - b).max() / jnp.abs(a).max()) < 3e-2
+
+
+def test_backbone_features_have_the_stage_strides():
+    model = create_model('se_resnet50')
+    x = jnp.zeros((1, 224, 224, 3))
+    shapes = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x, return_features=True)[0])
+    assert {k: v.shape for k, v in shapes.items()} == {
+        'stem': (1, 112, 112, 64), 'conv2_x': (1, 56, 56, 256), 'conv3_x': (1, 28, 28, 512),
+        'conv4_x': (1, 14, 14, 1024), 'conv5_x': (1, 7, 7, 2048)}
+
+
+def test_any_input_size_and_min_size():
+    model = create_model('legacy_se_resnet18', num_classes=7)
+    assert min_input_size(model) == 32
+    assert min_input_size(create_model('se_resnet_mini')) == 8
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 97, 33, 3)))[0])
+    assert out.shape == (2, 7)
+
+
+def test_zoo_covers_the_issue_table():
+    names = set(list_models())
+    for d in (18, 34, 50, 101, 152):
+        assert {f'se_resnet{d}', f'legacy_se_resnet{d}', f'resnet{d}'} <= names
+    for d in (50, 101):
+        assert {f'se_resnext{d}_32x4d', f'legacy_se_resnext{d}_32x4d', f'resnext{d}_32x4d'} <= names
+    assert 'senet154' in names
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(name='se_resnet5'), "Unknown model 'se_resnet5'. Did you mean 'se_resnet50'"),
+    (dict(name='se_resnet50', reduction=0), 'reduction'),
+    (dict(name='se_resnet50', se_position='middle'), 'se_position'),
+    (dict(name='se_resnet50', squeeze='median'), 'squeeze'),
+    (dict(name='se_resnet50', gate='softmax'), 'gate'),
+    (dict(name='se_resnet50', se_stages=(1, 2)), 'se_stages'),
+    (dict(name='se_resnet50', ratio=4), 'Unknown option'),
+])
+def test_bad_options_are_refused_with_a_clear_message(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model(**kwargs)
