@@ -1,0 +1,225 @@
+"""Throughput of a zoo model's inference or training step, optionally beside timm.
+
+    python -m senet_jax.benchmark --model se_resnet50 --batch-size 8 --image-size 224 \\
+        --mode train [--dtype float32|bfloat16] [--steps 20] [--compare timm] [--json]
+    python -m senet_jax.benchmark --input-pipeline DIR [--image-size 224]
+
+The training step is the trainer's: softmax cross-entropy, backward, SGD with
+momentum, BatchNorm statistics updated. Times are medians over `--rounds` rounds
+of `--steps` steps after compilation; with `--compare timm` the two frameworks
+run in alternating rounds in the same process, so drift hits both alike.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from senet_jax.models import create_model, model_spec
+
+# Dense bf16 peak FLOP/s by device kind, for MFU (public spec sheets).
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
+              'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12}
+
+
+def _peak_flops(device):
+    for kind, peak in PEAK_FLOPS.items():
+        if kind.lower() in device.device_kind.lower():
+            return peak
+    return None
+
+
+def jax_step(model_name, batch_size, image_size, mode, dtype):
+    """(step_fn, state, batch, forward_flops_per_image, compile_seconds)."""
+    model = create_model(model_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else None)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 1000, batch_size), jnp.int32)
+    variables = model.init(jax.random.key(0), images[:1])
+    tx = optax.sgd(0.1, momentum=0.9)
+
+    if mode == 'infer':
+        def step(state, x, y):
+            return state, model.apply(state, x, train=False)
+        state = variables
+    else:
+        def step(state, x, y):
+            params, batch_stats, opt_state = state
+
+            def loss_fn(p):
+                logits, new = model.apply({'params': p, 'batch_stats': batch_stats}, x,
+                                          train=True, mutable=['batch_stats'])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+            (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), new['batch_stats'], opt_state), loss
+        state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
+
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
+    compile_s = time.perf_counter() - start
+    forward = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images[:1]).compile()
+    cost = forward.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    holder = {'state': state}
+
+    def run():
+        holder['state'], out = compiled(holder['state'], images, labels)
+        return out
+    return run, cost['flops'], compile_s
+
+
+def torch_step(reference, batch_size, image_size, mode, dtype):
+    import timm
+    import torch
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    model = timm.create_model(reference).to(device)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    if device == 'cuda':
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+    if mode == 'infer':
+        model.eval()
+
+        @torch.no_grad()
+        def run():
+            with autocast:
+                return model(x)
+    else:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def run():
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+    def timed():
+        out = run()
+        sync()
+        return out
+    return timed
+
+
+def _time_round(run, steps, block):
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = run()
+    block(out)
+    return (time.perf_counter() - start) / steps
+
+
+def benchmark(args):
+    run, flops, compile_s = jax_step(args.model, args.batch_size, args.image_size, args.mode, args.dtype)
+    block = jax.block_until_ready
+    for _ in range(args.warmup):
+        block(run())
+    others = {}
+    if args.compare == 'timm':
+        reference = model_spec(args.model).reference
+        if reference is None:
+            raise SystemExit(f'error: {args.model} has no timm reference to compare with.')
+        others['timm'] = torch_step(reference, args.batch_size, args.image_size, args.mode, args.dtype)
+        for _ in range(args.warmup):
+            others['timm']()
+    times = {'jax': [], **{k: [] for k in others}}
+    for _ in range(args.rounds):
+        times['jax'].append(_time_round(run, args.steps, block))
+        for k, fn in others.items():
+            times[k].append(_time_round(fn, args.steps, lambda out: None))
+    step = statistics.median(times['jax'])
+    device = jax.devices()[0]
+    flops_per_step = flops * args.batch_size * (3 if args.mode == 'train' else 1)
+    peak = _peak_flops(device)
+    mem = (device.memory_stats() or {}).get('peak_bytes_in_use') if hasattr(device, 'memory_stats') else None
+    result = {
+        'model': args.model, 'mode': args.mode, 'dtype': args.dtype, 'batch_size': args.batch_size,
+        'image_size': args.image_size, 'device': device.device_kind, 'num_devices': 1,
+        'images_per_sec': args.batch_size / step, 'step_time_ms': step * 1e3,
+        'compile_time_s': compile_s, 'gmacs_per_image': flops / 2e9,
+        'peak_memory_gb': mem / 2**30 if mem else None,
+        'mfu': flops_per_step / step / peak if peak else None,
+    }
+    for k in others:
+        other = statistics.median(times[k])
+        result[f'{k}_images_per_sec'] = args.batch_size / other
+        result[f'speedup_vs_{k}'] = other / step
+    return result
+
+
+def input_pipeline_benchmark(directory, image_size, num_images, threads=None):
+    """Images/sec per core of JPEG decode + random-size crop + flip, as in training."""
+    import tensorflow as tf
+    from senet_jax.data import preprocess_train
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
+                   if f.lower().endswith(('.jpg', '.jpeg', '.png')))
+    if not files:
+        raise SystemExit(f'error: no .jpg/.jpeg/.png images under {directory}.')
+    cores = threads or os.cpu_count()
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = cores
+    blobs = [tf.io.read_file(f).numpy() for f in files]   # time decode/crop, not the disk
+    ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().take(num_images).enumerate()
+    ds = ds.map(lambda i, b: preprocess_train(b, tf.stack([tf.constant(0, tf.int64), i]), image_size),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.batch(64).with_options(options).prefetch(2)
+    for _ in ds.take(1):
+        pass
+    start = time.perf_counter()
+    n = sum(int(b.shape[0]) for b in ds)
+    seconds = time.perf_counter() - start
+    return {'images_per_sec': n / seconds, 'images_per_sec_per_core': n / seconds / cores,
+            'cores': cores, 'num_files': len(files), 'image_size': image_size}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog='python -m senet_jax.benchmark', description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', default='se_resnet50')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--image-size', type=int, default=224)
+    p.add_argument('--mode', choices=('train', 'infer'), default='infer')
+    p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+    p.add_argument('--steps', type=int, default=10, help='steps per timed round')
+    p.add_argument('--rounds', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--compare', choices=('timm',), default=None)
+    p.add_argument('--input-pipeline', metavar='DIR', default=None)
+    p.add_argument('--num-images', type=int, default=2000)
+    p.add_argument('--json', action='store_true', help='print one JSON object')
+    args = p.parse_args(argv)
+    if min(args.batch_size, args.image_size, args.steps, args.rounds) < 1:
+        print('error: --batch-size, --image-size, --steps and --rounds must be positive.', file=sys.stderr)
+        return 1
+    try:
+        if args.input_pipeline:
+            result = input_pipeline_benchmark(args.input_pipeline, args.image_size, args.num_images)
+        else:
+            result = benchmark(args)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except ImportError as e:
+        print(f'error: {e.name} is needed for this comparison (pip install torch timm).', file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f'{k:24s} {v:.4g}' if isinstance(v, float) else f'{k:24s} {v}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

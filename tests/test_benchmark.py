@@ -1,0 +1,34 @@
+"""The benchmark runs at small sizes and prints what it promises (timings live in the script)."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from senet_jax import benchmark
+
+
+@pytest.mark.parametrize('mode', ['infer', 'train'])
+def test_benchmark_prints_one_json_object(mode, capsys):
+    assert benchmark.main(['--model', 'se_resnet_mini', '--batch-size', '2', '--image-size', '16',
+                           '--mode', mode, '--steps', '1', '--rounds', '1', '--warmup', '1', '--json']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['images_per_sec'] > 0 and result['compile_time_s'] > 0
+    assert result['gmacs_per_image'] > 0 and result['mode'] == mode
+
+
+def test_input_pipeline_benchmark_on_an_image_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), np.uint8)).save(tmp_path / f'{i}.jpg')
+    assert benchmark.main(['--input-pipeline', str(tmp_path), '--image-size', '32',
+                           '--num-images', '40', '--json']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['num_files'] == 4 and result['images_per_sec_per_core'] > 0
+
+
+def test_bad_arguments_exit_1(capsys):
+    assert benchmark.main(['--batch-size', '0']) == 1
+    assert 'must be positive' in capsys.readouterr().err
+    assert benchmark.main(['--model', 'se_resnet5']) == 1
+    assert "Did you mean 'se_resnet50'" in capsys.readouterr().err
