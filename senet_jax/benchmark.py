@@ -79,6 +79,7 @@ def torch_step(reference, batch_size, image_size, mode, dtype):
     import timm
     import torch
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    torch.set_num_threads(os.cpu_count())   # as many threads as XLA:CPU uses
     model = timm.create_model(reference).to(device)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
