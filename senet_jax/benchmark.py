@@ -83,9 +83,10 @@ def torch_step(reference, batch_size, image_size, mode, dtype):
     model = timm.create_model(reference).to(device)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
-    if device == 'cuda':
+    if device == 'cuda':   # timm at its fastest: channels_last, torch.compile
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+        model = torch.compile(model)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
     if mode == 'infer':
         model.eval()
