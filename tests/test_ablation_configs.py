@@ -119,3 +119,22 @@ def test_defaults_and_errors():
             module.get_config('bogus')
     with pytest.raises(ValueError, match='one value'):
         load('gate').get_config('tanh,relu')
+
+
+@pytest.mark.parametrize('gate', ['tanh', 'relu'])
+def test_gate_study_starts_with_a_trainable_branch(gate):
+    """With the last BN scale at 0, a tanh / relu gate is 0 and the branch gets no gradient."""
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+
+    def branch_grad(zero_init_last):
+        model = create_model('se_resnet_mini', num_classes=10, gate=gate,
+                             zero_init_last=zero_init_last)
+        variables = model.init(jax.random.key(0), x)
+        loss = lambda p: model.apply({**variables, 'params': p}, x).sum()
+        grads = jax.grad(loss)(variables['params'])
+        return float(jnp.abs(grads['stage4_block0']['conv1']['kernel']).sum())
+
+    assert branch_grad(zero_init_last=True) == 0.0
+    assert branch_grad(zero_init_last=False) > 0.0
+    config = load('gate').get_config(f'{gate},local')
+    assert config.model_overrides.zero_init_last is False

@@ -6,10 +6,17 @@
   python train.py --config=configs/ablations/gate.py:relu,local --workdir=/tmp/abl/gate_relu_local
 
 Values: sigmoid (default), tanh, relu.
+
+Every value here starts the residual branch's last BN scale at 1, as the
+paper's networks did, not at 0 (the zoo's default, `zero_init_last`): with
+a zero scale the branch output U is 0 at initialisation, so tanh(0) = relu(0)
+= 0 gates and U * s has zero gradient in both factors; the branch would never
+train (sigmoid(0) = 0.5 escapes this).
 """
 from configs.ablations import study
 
-VALUES = {g: (lambda g=g: {'gate': g}) for g in ('sigmoid', 'tanh', 'relu')}
+VALUES = {g: (lambda g=g: {'gate': g, 'zero_init_last': False})
+          for g in ('sigmoid', 'tanh', 'relu')}
 
 
 def get_config(arg=''):
