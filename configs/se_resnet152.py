@@ -1,0 +1,13 @@
+"""se_resnet152 on ImageNet with the SENet paper recipe.
+
+  python train.py --config=configs/se_resnet152.py --workdir=/tmp/se_resnet152 \
+      --config.data_dir=/path/to/tensorflow_datasets
+  # warmup + cosine + Nesterov + label smoothing:
+  python train.py --config=configs/se_resnet152.py:cosine --workdir=/tmp/se_resnet152_cosine
+"""
+
+from configs import common
+
+
+def get_config(recipe=''):
+  return common.imagenet_config('se_resnet152', recipe)

@@ -1,0 +1,85 @@
+"""Train or evaluate an SE network: `python train.py --config=... --workdir=...`.
+
+  python train.py --config=configs/quickstart.py --workdir=/tmp/quickstart
+  python train.py --config=configs/se_resnet50.py:cosine --workdir=/tmp/r50 \
+      --config.data_dir=/data/tfds --config.batch_size=256
+
+Multi-host: on TPU pods and under SLURM, jax.distributed is set up
+automatically; elsewhere pass --coordinator_address=host:port
+--num_processes=N --process_id=i on every process.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Checkpoints, metrics.jsonl and '
+                    'TensorBoard events go here; rerunning resumes.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+flags.DEFINE_integer('process_id', None, 'Index of this process.')
+config_flags.DEFINE_config_file('config', None, 'Training config file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Exit status after SIGTERM: the run is not finished, rerun to continue.
+EXIT_PREEMPTED = 143
+
+
+def _cluster_detected() -> bool:
+  """A cluster where jax.distributed.initialize() can find its peers itself."""
+  env = os.environ
+  slurm = 'SLURM_JOB_ID' in env and int(env.get('SLURM_NTASKS', '1')) > 1
+  tpu_pod = bool(env.get('TPU_WORKER_HOSTNAMES', '').count(','))
+  return slurm or tpu_pod
+
+
+class _QuietOrbax:
+  """Drops Orbax's per-save INFO chatter from the console; warnings stay."""
+
+  def filter(self, record):
+    return record.levelno > 20 or '/orbax/' not in record.pathname
+
+
+def init_distributed():
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  elif _cluster_detected():
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from senet_jax.errors import Preempted, UserError  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  try:
+    init_distributed()
+    import jax  # pylint: disable=g-import-not-at-top
+    # Keep TensorFlow (the input pipeline) off accelerators.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+    from senet_jax import trainer  # pylint: disable=g-import-not-at-top
+    logging.info('JAX process %d/%d, %d local / %d global devices',
+                 jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+
+
+if __name__ == '__main__':
+  app.run(main)
