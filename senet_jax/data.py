@@ -192,8 +192,8 @@ def _fake_pipeline(config, process_index, process_count):
   rng = np.random.default_rng([config.seed, process_index])
   images = rng.integers(0, 256, size=(pool, local, s, s, 3), dtype=np.uint8)
 
-  def labels(step):
-    r = np.random.default_rng([config.seed, step, 2])
+  def labels(step, stream=2):
+    r = np.random.default_rng([config.seed, step, stream])
     return r.integers(0, num_classes, size=gb).astype(np.int32)[
         _local_rows(gb, process_index, process_count)]
 
@@ -207,7 +207,7 @@ def _fake_pipeline(config, process_index, process_count):
     for b in range(math.ceil(num_eval / gb)):
       idx = np.arange(b * gb, (b + 1) * gb)[
           _local_rows(gb, process_index, process_count)]
-      yield {'image': images[b % pool], 'label': labels(-1 - b),
+      yield {'image': images[b % pool], 'label': labels(b, stream=3),
              'mask': (idx < num_eval).astype(np.float32)}
 
   return InputPipeline(

@@ -259,14 +259,13 @@ def _format_duration(seconds):
 # Pretrained weights.
 
 
-def load_init_from(config, model, state: TrainState, num_classes: int):
+def load_init_from(config, state: TrainState, num_classes: int):
   """Params/batch_stats of `state` replaced by converted weights."""
   from senet_jax import convert  # pylint: disable=g-import-not-at-top
   try:
     src_model, variables = convert.load_pretrained(config.init_from)
   except (convert.ConversionError, OSError, ValueError) as e:
     raise UserError(f'cannot load init_from={config.init_from}: {e}') from None
-  del model
   params = dict(variables['params'])
   if src_model.num_classes != num_classes:
     logging.info('init_from: %s has %d classes, the dataset %d: keeping the '
@@ -279,9 +278,10 @@ def load_init_from(config, model, state: TrainState, num_classes: int):
       a.shape == b.shape for a, b in zip(jax.tree.leaves(new),
                                          jax.tree.leaves(old))))
   if not same:
-    raise UserError(f'init_from={config.init_from} holds weights of '
-                    f'{src_model.__class__.__name__} that do not fit '
-                    f'{config.model} with this config')
+    with open(os.path.join(config.init_from, convert.METADATA)) as f:
+      src_name = json.load(f).get('model')
+    raise UserError(f'init_from={config.init_from} holds {src_name} weights, '
+                    f'which do not fit {config.model} with this config')
   new = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), new, old)
   return state.replace(params=new['params'], batch_stats=new['batch_stats'])
 
@@ -341,39 +341,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       abstract_state)
 
-  ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
-  restored = ckpts.restore_latest(abstract_state, identity)
-  if restored is not None:
-    state, step = restored
-    logging.info('resumed from checkpoint step %d in %s', step,
-                 ckpts.directory)
-  else:
+  def fresh_state():
     state = init_fn(init_rng)
     if config.init_from:
-      state = load_init_from(config, model, jax.device_get(state),
-                             num_classes)
+      state = load_init_from(config, jax.device_get(state), num_classes)
       state = sharding_lib.replicate(state, mesh)
       logging.info('initialised from %s', config.init_from)
-  start_step = int(jax.device_get(state.step))
+    return state
 
-  metrics_log = MetricsLog(workdir)
   eval_fn = jax.jit(functools.partial(eval_step, num_classes=num_classes,
                                       dtype=dtype))
-  if total_steps == 0:  # eval-only
-    metrics = evaluate(eval_fn, state, pipeline, mesh)
+  if total_steps == 0:  # eval-only: the init_from weights, no checkpoints
+    metrics_log = MetricsLog(workdir)
+    metrics = evaluate(eval_fn, fresh_state(), pipeline, mesh)
     logging.info('eval of %s: top-1 error %.2f%%, top-5 error %.2f%% on %d '
                  'examples', config.init_from, 100 * (1 - metrics['eval_top1']),
                  100 * (1 - metrics['eval_top5']), metrics['eval_examples'])
     metrics_log.write(0, metrics)
     metrics_log.close()
-    ckpts.close()
     return metrics
+
+  ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  restored = ckpts.restore_latest(abstract_state, identity)
+  if restored is not None:
+    state, step = restored
+    logging.info('resumed from checkpoint step %d in %s%s', step,
+                 ckpts.directory,
+                 ' (init_from is only used on a fresh start)'
+                 if config.init_from else '')
+  else:
+    state = fresh_state()
+  start_step = int(jax.device_get(state.step))
   if start_step >= total_steps:
     logging.info('already trained to step %d of %d in %s; nothing to do',
                  start_step, total_steps, workdir)
-    metrics_log.close()
     ckpts.close()
     return {}
+  metrics_log = MetricsLog(workdir)
 
   p_train_step = jax.jit(
       functools.partial(train_step, num_classes=num_classes,

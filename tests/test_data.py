@@ -91,6 +91,18 @@ def test_batch_not_divisible_by_processes():
     data.create_input_pipeline(_config(batch_size=64), 0, 3)
 
 
+def test_fake_pipeline():
+  cfg = _config(dataset='fake', batch_size=8, image_size=20, num_classes=7)
+  p = data.create_input_pipeline(cfg)
+  assert p.num_classes == 7 and p.steps_per_epoch == 100
+  a = _take(p.train_batches(0), 3)
+  b = next(p.train_batches(2))
+  assert a[0]['image'].shape == (8, 20, 20, 3) and a[0]['image'].dtype == np.uint8
+  np.testing.assert_array_equal(a[2]['label'], b['label'])
+  assert all(0 <= l < 7 for l in b['label'])
+  assert sum(x['mask'].sum() for x in p.eval_batches()) == p.num_eval_examples
+
+
 # ---------------------------------------------------------------------------
 # imagefolder
 

@@ -104,6 +104,12 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(reference,
   shutil.copytree(reference, workdir)
   assert tu.checkpoint_steps(workdir)[-2:] == [50, 60]
   _damage(os.path.join(workdir, 'checkpoints', '60'))
+  # A save killed half-way leaves only Orbax's temporary directory: ignored.
+  half = os.path.join(workdir, 'checkpoints', '70.orbax-checkpoint-tmp',
+                      'state')
+  os.makedirs(half)
+  with open(os.path.join(half, 'partial'), 'wb') as f:
+    f.write(b'\0')
   rerun = tu.run(workdir, *tu.SHORT_RUN)
   assert 'checkpoint 60' in rerun.stderr and 'cannot be restored' in (
       rerun.stderr)
@@ -207,8 +213,21 @@ def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
   convert.save_converted(weights7, 'se_resnet_mini', other)
   workdir = str(tmp_path / 'finetune')
   proc = tu.run(workdir, '--config.num_train_steps=1',
-                '--config.batch_size=32', f'--config.init_from={weights7}')
+                '--config.batch_size=32', f'--config.init_from={weights7}',
+                '--config.half_precision=True')
   assert 're-initialising the classifier' in proc.stderr
+  # half_precision: bf16 compute, fp32 parameters.
+  tuned = tu.load_params(workdir)
+  assert tuned['step'] == 1
+  for leaf in jax.tree.leaves(tuned['params']):
+    assert leaf.dtype == np.float32 and np.all(np.isfinite(leaf))
+  # The backbone is the reference's (the warmup lr of step 0 is 0); the
+  # classifier is a fresh 10-class one.
+  backbone = {k: v for k, v in tuned['params'].items() if k != 'fc'}
+  tu.assert_trees_close(backbone, {k: v for k, v in ref['params'].items()
+                                   if k != 'fc'}, atol=1e-6)
+  assert tuned['params']['fc']['kernel'].shape == (128, 10)
+  assert not np.all(tuned['params']['fc']['kernel'] == 1)
 
 
 # ---------------------------------------------------------------------------
@@ -284,3 +303,22 @@ def test_configs_load():
       assert isinstance(c, ml_collections.ConfigDict)
       trainer.validate_config(c)
   assert importlib.import_module('configs.senet154').get_config().drop_rate == 0.2
+
+
+def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
+  from senet_jax import checkpoint
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
+  top1 = {2: 0.9, 4: 0.5, 6: 0.6}  # step 2 is the best
+  for step in range(1, 7):
+    state = {'w': np.full(3, step, np.float32), 'step': np.int32(step)}
+    metrics = {'eval_top1': top1[step]} if step in top1 else None
+    ckpts.save(step, state, {'model': 'm'}, metrics=metrics)
+  ckpts.wait()
+  assert ckpts.all_steps() == [2, 5, 6]
+  abstract = {'w': jax.ShapeDtypeStruct((3,), np.float32),
+              'step': jax.ShapeDtypeStruct((), np.int32)}
+  state, step = ckpts.restore_latest(abstract, {'model': 'm'})
+  assert step == 6 and np.all(np.asarray(state['w']) == 6)
+  with pytest.raises(UserError, match="model='m'"):
+    ckpts.restore_latest(abstract, {'model': 'other'})
+  ckpts.close()
