@@ -40,6 +40,9 @@ from senet_jax.models import IMAGENET_MEAN, IMAGENET_STD, create_model
 MEAN_RGB = np.asarray(IMAGENET_MEAN, np.float32) * 255
 STD_RGB = np.asarray(IMAGENET_STD, np.float32) * 255
 CRITERIA = ('se_gate', 'l1_weight', 'random')
+# The blocks Fig. 6 of the paper shows for SE-ResNet-50: SE_2_3, SE_3_4, SE_4_6, SE_5_1..3.
+FIG6_BLOCKS = ('stage2_block2', 'stage3_block3', 'stage4_block5', 'stage5_block0',
+               'stage5_block1', 'stage5_block2')
 
 
 # ---------------------------------------------------------------------------
@@ -217,14 +220,17 @@ def plot_gate_curves(stats: GateStats, path: Optional[str] = None,
                      class_names: Optional[Sequence[str]] = None):
     """Mean excitation per channel index, for a few classes and for all data (Fig. 6).
 
-    One panel per SE block (default: all, or 8 spread over the depth). Uses the
+    One panel per SE block (default: the paper's six for a ResNet-50 layout, else
+    all, or 8 spread over the depth). Uses the
     Agg canvas directly, so it never changes the pyplot backend of a notebook.
     Writes a PNG when `path` is given; returns the matplotlib Figure.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if blocks is None:
+    if blocks is None and set(FIG6_BLOCKS) <= set(stats.blocks):
+        blocks = list(FIG6_BLOCKS)
+    elif blocks is None:
         blocks = stats.blocks
         if len(blocks) > 8:
             blocks = [blocks[i] for i in np.linspace(0, len(blocks) - 1, 8).round().astype(int)]

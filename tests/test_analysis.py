@@ -1,4 +1,6 @@
 """senet_jax.analysis: gate statistics, class specificity, plots and SE-guided pruning."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,6 +140,22 @@ def test_plot_writes_a_png(trained, digits, tmp_path):
     assert len(fig.axes[0].lines) == 4  # three classes and 'all'
     np.testing.assert_allclose(fig.axes[3].lines[1].get_ydata(),
                                stats.class_mean['stage5_block0'][3])
+
+
+def test_plot_picks_the_papers_blocks_for_resnet50_layouts(tmp_path):
+    depths = {2: 3, 3: 4, 4: 6, 5: 3}
+    blocks = [f'stage{s}_block{b}' for s, n in depths.items() for b in range(n)]
+    rng = np.random.default_rng(0)
+    means = {b: rng.random((3, 8)) for b in blocks}
+    stats = analysis.GateStats(blocks, means, {b: m.mean(0) for b, m in means.items()},
+                               {b: np.full(8, 0.1) for b in blocks}, np.full(3, 5.0), 1.0)
+    fig = analysis.plot_gate_curves(stats)
+    assert [ax.get_title().split()[0] for ax in fig.axes] == list(analysis.FIG6_BLOCKS)
+    # Other layouts: every block, at most 8 spread over the depth.
+    others = [b for b in blocks if b != 'stage2_block2']
+    fig = analysis.plot_gate_curves(dataclasses.replace(stats, blocks=others))
+    titles = [ax.get_title().split()[0] for ax in fig.axes]
+    assert len(titles) == 8 and titles[0] == others[0] and titles[-1] == others[-1]
 
 
 def test_pruning_zeroes_exactly_the_chosen_channels(trained, digits):
