@@ -65,7 +65,7 @@ def main(argv):
   try:
     init_distributed()
     import jax  # pylint: disable=g-import-not-at-top
-    # Keep TensorFlow (the input pipeline) off accelerators.
+    # Keep TensorFlow (the input pipeline) off the accelerators.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], 'GPU')
     from senet_jax import trainer  # pylint: disable=g-import-not-at-top

@@ -366,6 +366,42 @@ def _log_corrupt(split_dir, corrupt):
                     len(corrupt), split_dir, corrupt[:_NUM_LOGGED_CORRUPT])
 
 
+def _undecodable(paths):
+  """The first of `paths` that TensorFlow cannot decode, or None."""
+  import tensorflow as tf
+  for p in paths:
+    try:
+      tf.io.decode_image(tf.io.read_file(p), channels=3,
+                         expand_animations=False)
+    except tf.errors.OpError:
+      return p
+  return None
+
+
+def _naming_undecodable(batches, candidates, folder):
+  """Re-raises a decode failure inside tf.data as a UserError naming the file.
+
+  `candidates(k)` gives the paths that may have failed when batch k was due
+  (a few batches are decoded ahead).
+  """
+  import tensorflow as tf
+  it = iter(batches)
+  k = 0
+  while True:
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      path = _undecodable(candidates(k))
+      if path:
+        raise UserError(f'cannot decode image {path}; remove or replace it')
+      raise UserError(f'an image in {folder} cannot be decoded '
+                      f'({e.message.splitlines()[0]})') from None
+    yield batch
+    k += 1
+
+
 def _imagefolder_pipeline(config, process_index, process_count):
   import tensorflow as tf
   if not config.data_dir:
@@ -409,7 +445,11 @@ def _imagefolder_pipeline(config, process_index, process_count):
           tf.io.read_file(p), _example_seed(config.seed, c), s, min_area), y),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       ds = ds.batch(local, drop_remainder=True).prefetch(2)
-      for image, label in ds.as_numpy_iterator():
+      ahead = 4 * local  # batches decoded ahead of the one that failed
+      for image, label in _naming_undecodable(
+          ds.as_numpy_iterator(),
+          lambda k: tr_paths[idx[k * local:(k + 1) * local + ahead]],
+          train_dir):
         yield {'image': image, 'label': label}
         step += 1
 
@@ -422,7 +462,9 @@ def _imagefolder_pipeline(config, process_index, process_count):
       ds = ds.map(lambda p: preprocess_eval(tf.io.read_file(p), s,
                                             crop_fraction),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      images = np.concatenate(list(ds.batch(local).as_numpy_iterator()))
+      images = np.concatenate(list(_naming_undecodable(
+          ds.batch(local).as_numpy_iterator(), lambda _: ev_paths[idx],
+          eval_dir)))
       yield {'image': images, 'label': ev_labels[idx], 'mask': mask}
 
   return InputPipeline(

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -394,9 +395,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_every = max(config.get('preemption_check_every_steps', 1), 1)
 
   # SIGTERM only sets a flag; the loop agrees on a step across processes.
+  # (Signal handlers can only be set from the main thread.)
   sigterm = []
-  previous_handler = signal.signal(signal.SIGTERM,
-                                   lambda *_: sigterm.append(True))
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  previous_handler = (signal.signal(signal.SIGTERM,
+                                    lambda *_: sigterm.append(True))
+                      if in_main_thread else None)
 
   logging.info('training %s on %s: %d classes, %d train / %d eval examples, '
                '%d steps (%d per epoch), global batch %d on %d devices, '
@@ -488,7 +492,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  last_eval.get('eval_top5', float('nan')))
     return last_eval
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
+    if in_main_thread:
+      signal.signal(signal.SIGTERM, previous_handler)
     ckpts.wait()
     ckpts.close()
     metrics_log.close()

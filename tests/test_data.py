@@ -146,6 +146,19 @@ def test_imagefolder(tmp_path, caplog):
   assert sorted(labels) == [0, 0, 0, 1, 1, 1]
 
 
+def test_imagefolder_undecodable_image_is_named(tmp_path):
+  _make_folder(tmp_path, corrupt=False)
+  good = (tmp_path / 'train' / 'dog' / '0.jpg').read_bytes()
+  truncated = tmp_path / 'train' / 'dog' / 'truncated.jpg'
+  truncated.write_bytes(good[:len(good) // 3])  # a valid header, then nothing
+  cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
+                image_size=12)
+  p = data.create_input_pipeline(cfg)
+  assert p.num_train_examples == 13
+  with pytest.raises(UserError, match='cannot decode image .*truncated.jpg'):
+    _take(p.train_batches(0), 3)  # one epoch
+
+
 def test_imagefolder_errors(tmp_path):
   cfg = _config(dataset='imagefolder', data_dir=str(tmp_path / 'missing'))
   with pytest.raises(UserError, match='no val/ or validation/'):
