@@ -494,14 +494,22 @@ def _not_prepared_message(builder, name, data_dir):
 def tfds_builder(name: str, data_dir: str | None):
   """A prepared tfds builder, or a UserError; never touches the network."""
   import tensorflow_datasets as tfds
-  # tfds.builder() on an unknown name lists thousands of names; suggest a few.
   known = tfds.list_builders(with_community_datasets=False)
-  if name.split(':')[0].split('/')[0] not in known:
+
+  def unknown():
+    # tfds' own message lists thousands of names; suggest a few instead.
     close = difflib.get_close_matches(name, known + ['imagefolder', 'digits',
                                                      'fake'], n=3)
     hint = f' (did you mean {", ".join(close)}?)' if close else ''
-    raise UserError(f'unknown dataset {name!r}{hint}')
-  builder = tfds.builder(name, data_dir=data_dir or None)
+    return UserError(f'unknown dataset {name!r}{hint}')
+
+  base = name.split('/')[0].split(':')[0]
+  if base not in known and ':' in name:
+    raise unknown()  # a community namespace would be looked up online
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise unknown() from None
   if not builder.is_prepared():
     raise UserError(_not_prepared_message(builder, name, data_dir))
   return builder

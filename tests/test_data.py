@@ -228,3 +228,30 @@ def test_unprepared_tfds_dataset_fails_fast(tmp_path):
     data.create_input_pipeline(_config(dataset='cifar1O',
                                        data_dir=str(tmp_path)))
   assert time.time() - start < 10
+
+
+def test_prepared_tfds_dataset(tmp_path):
+  """A really prepared tfds dataset (tfds' offline DummyMnist: 20 train and
+  20 test PNG-encoded 28x28 grey images): slices, resume, exact-once eval."""
+  import tensorflow_datasets as tfds
+  tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
+  cfg = _config(dataset='dummy_mnist', data_dir=str(tmp_path), batch_size=4,
+                image_size=16)
+  p = data.create_input_pipeline(cfg)
+  assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
+      10, 20, 20)  # no 'validation' split: 'test' is used
+  full = _take(p.train_batches(0), 7)  # 5 steps per epoch
+  assert full[0]['image'].shape == (4, 16, 16, 3)
+  for a, b in zip(full[3:], _take(p.train_batches(3), 4)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  want = sorted(int(ex['label']) for ex in tfds.builder(
+      'dummy_mnist', data_dir=str(tmp_path)).as_dataset(split='test'))
+  for process_count in (1, 2):
+    labels = []
+    for pi in range(process_count):
+      q = data.create_input_pipeline(cfg, pi, process_count)
+      batches = list(q.eval_batches())
+      assert len(batches) == q.num_eval_batches
+      labels += [int(l) for b in batches for l in b['label'][b['mask'] > 0]]
+    assert sorted(labels) == want
