@@ -9,6 +9,7 @@ automatically; elsewhere pass --coordinator_address=host:port
 --num_processes=N --process_id=i on every process.
 """
 
+import glob
 import os
 import sys
 
@@ -33,11 +34,28 @@ EXIT_PREEMPTED = 143
 
 
 def _cluster_detected() -> bool:
-  """A cluster where jax.distributed.initialize() can find its peers itself."""
+  """A cluster where jax.distributed.initialize() finds its peers itself.
+
+  Checked from the environment and the PCI bus only (no network), so a plain
+  machine starts at once.
+  """
   env = os.environ
   slurm = 'SLURM_JOB_ID' in env and int(env.get('SLURM_NTASKS', '1')) > 1
-  tpu_pod = bool(env.get('TPU_WORKER_HOSTNAMES', '').count(','))
-  return slurm or tpu_pod
+  open_mpi = 'OMPI_MCA_orte_hnp_uri' in env
+  gke_tpu = 'TPU_WORKER_HOSTNAMES' in env or 'TPU_PROCESS_ADDRESSES' in env
+  return slurm or open_mpi or gke_tpu or _tpu_attached()
+
+
+def _tpu_attached() -> bool:
+  """A Cloud TPU VM: Google's PCI vendor id on some device."""
+  for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() == '0x1ae0':
+          return True
+    except OSError:
+      pass
+  return False
 
 
 class _QuietOrbax:
