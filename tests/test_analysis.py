@@ -227,3 +227,21 @@ def test_command_line(capsys, tmp_path):
     table = out.split('Held-out top-1 after pruning')[1].split('\n\n')[0]
     assert len(table.strip().splitlines()) == 4  # title, header, 0% and 50%
     assert png.stat().st_size > 0
+
+
+def test_load_workdir_matches_the_trainers_evaluation(tmp_path):
+    """A train.py run, loaded back: same architecture, and the trainer's held-out top-1."""
+    from configs import quickstart
+    from senet_jax.trainer import train_and_evaluate
+
+    config = quickstart.get_config()
+    config.num_train_steps, config.eval_every_steps = 8, 8
+    config.checkpoint_every_steps = 8
+    result = train_and_evaluate(config, str(tmp_path))
+    model, variables, meta = analysis.load_workdir(str(tmp_path))
+    assert meta['model'] == 'se_resnet_mini' and model.num_classes == 10
+    assert analysis.se_blocks(variables) == ['stage2_block0', 'stage3_block0',
+                                             'stage4_block0', 'stage5_block0']
+    test = analysis.digits_data(meta['image_size'], 'test')
+    assert analysis.accuracy(model, variables, test) == pytest.approx(result['eval_top1'],
+                                                                      abs=1.5 / 360)
