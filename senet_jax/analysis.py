@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import os
 import sys
+from collections.abc import Mapping
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -109,7 +110,7 @@ def se_blocks(variables) -> List[str]:
     def depth(name):
         stage, block = name[len('stage'):].split('_block')
         return int(stage), int(block)
-    names = [n for n, p in variables['params'].items() if isinstance(p, dict) and 'se' in p]
+    names = [n for n, p in variables['params'].items() if isinstance(p, Mapping) and 'se' in p]
     return sorted(names, key=depth)
 
 
