@@ -23,7 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.min_crop_area = 0.08        # random-size crop: 8%..100% of the area
   c.eval_crop_fraction = 0.875  # 224/256: centre crop of a 256 resize
   c.shuffle_buffer = 16 * 1024
-  c.num_classes = 0             # only for dataset=fake (0 -> 1000)
+  c.num_classes = 0             # dataset=fake only (0 -> 1000)
+  c.fake_num_examples = 0       # dataset=fake only (0 -> 100 batches)
+  c.digits_max_shift = 0        # dataset=digits only: random shift, pixels
 
   # Optimisation: SGD + momentum, lr scaled linearly with the global batch.
   c.batch_size = 1024  # global, over all devices and processes
