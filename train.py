@@ -81,6 +81,13 @@ def main(argv):
   from senet_jax.errors import Preempted, UserError  # pylint: disable=g-import-not-at-top
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
+    config = FLAGS.config
+    config.get('model')  # config_flags reports a bad config file on first use
+  except (OSError, SyntaxError, ImportError, AttributeError) as e:
+    last = str(e).strip().splitlines()[-1].strip()
+    print(f'error: cannot load the --config file: {last}', file=sys.stderr)
+    sys.exit(1)
+  try:
     init_distributed()
     import jax  # pylint: disable=g-import-not-at-top
     # Keep TensorFlow (the input pipeline) off the accelerators.
@@ -90,7 +97,7 @@ def main(argv):
     logging.info('JAX process %d/%d, %d local / %d global devices',
                  jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    trainer.train_and_evaluate(config, FLAGS.workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
@@ -99,5 +106,29 @@ def main(argv):
     sys.exit(EXIT_PREEMPTED)
 
 
+def parse_flags(argv):
+  """absl's parsing, but a bad flag, config file or --config.<field> override
+  ends in one `error:` line (ml_collections raises plain Python errors)."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+          OSError, SyntaxError, ImportError) as e:
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _one_line(e: Exception) -> str:
+  text = str(e).strip()
+  if isinstance(e, SyntaxError):
+    return (f'cannot load the --config file: {e.msg} ({e.filename}, line '
+            f'{e.lineno})')
+  if 'Traceback' in text or isinstance(e, (OSError, ImportError)):
+    # The config file itself failed; its last line says why.
+    return 'cannot load the --config file: ' + text.splitlines()[-1].strip()
+  if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+    text = text[1:-1]  # the repr inside a KeyError
+  return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -190,6 +190,23 @@ def test_bad_config_is_a_user_error(tmp_path, override, message):
   assert '\n' not in str(e.value)
 
 
+@pytest.mark.parametrize('flag, message', [
+    ('--config.lerning_rate=0.1', 'Did you mean "learning_rate"'),
+    ('--config.batch_size=abc', 'flag --config.batch_size=abc'),
+    ('--config=configs/missing.py', 'cannot load the --config file: [Errno 2]'),
+    ('--config=configs/se_resnet50.py:foo', "unknown recipe 'foo'"),
+])
+def test_bad_flags_are_one_error_line(tmp_path, flag, message):
+  import subprocess
+  proc = subprocess.run(tu.train_cmd(str(tmp_path), flag), cwd=tu.REPO,
+                        env=tu.env(), capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 1
+  _no_traceback(proc)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, proc.stderr[-2000:]
+
+
 def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
   from senet_jax import convert
   ref = tu.load_params(reference)
