@@ -175,3 +175,14 @@ def test_zoo_covers_the_issue_table():
 def test_bad_options_are_refused_with_a_clear_message(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model(**kwargs)
+
+
+@pytest.mark.parametrize('gate', ['tanh', 'relu'])
+def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
+    # With the last BN scale at 0 the SE input is 0 and a tanh/relu gate would be 0 too,
+    # cutting the branch off from every gradient; such blocks start their last BN at 1.
+    model = create_model('se_resnet50', num_classes=3, gate=gate, **TINY)
+    out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(3), (2, 32, 32, 3)))
+    assert float(jnp.abs(grads['stage2_block0']['conv1']['kernel']).max()) > 0
+    variables = create_model('se_resnet50', num_classes=3, **TINY).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    assert float(jnp.abs(variables['params']['stage2_block0']['bn3']['scale']).max()) == 0  # sigmoid: zero-init kept

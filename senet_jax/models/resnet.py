@@ -61,7 +61,12 @@ class ResidualBlock(nn.Module):
                                  param_dtype=self.param_dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
-        last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
+        # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
+        # block every gradient to that branch forever: start such branches at 1.
+        dead_gate = (self.se is not None and self.se_position == 'standard'
+                     and self.se.keywords.get('gate', 'sigmoid') != 'sigmoid')
+        zero_init = self.zero_init_last and not dead_gate
+        last_scale = nn.initializers.zeros if zero_init else nn.initializers.ones
         se = (lambda pos: self.se(name='se') if self.se is not None and pos == self.se_position
               else (lambda v: v))
 
