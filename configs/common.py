@@ -12,7 +12,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = 'se_resnet50'
   c.model_overrides = ml_collections.ConfigDict()  # e.g. {'reduction': 8}
-  c.drop_rate = None  # None = the model's own default (0.2 for senet154)
+  # None = the model's own default (0.2 for senet154); a placeholder so that
+  # --config.drop_rate=0.3 works.
+  c.drop_rate = ml_collections.config_dict.placeholder(float)
 
   # Data. dataset: a tfds name, 'imagefolder', 'digits' or 'fake'.
   c.dataset = 'imagenet2012'
