@@ -11,6 +11,8 @@ import tempfile
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # configs/ are imported as `configs.<name>`
+  sys.path.insert(0, REPO)
 QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
 
 # A short digits run: 60 steps, checkpoints every 10, eval every 20.

@@ -252,8 +252,6 @@ def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
 
 
 def _config(**kw):
-  import sys
-  sys.path.insert(0, tu.REPO)
   from configs import se_resnet50
   c = se_resnet50.get_config()
   c.update(kw)
@@ -271,8 +269,6 @@ def test_paper_step_schedule():
 
 
 def test_cosine_recipe():
-  import sys
-  sys.path.insert(0, tu.REPO)
   from configs import se_resnet50
   c = se_resnet50.get_config('cosine')
   assert c.nesterov and c.label_smoothing == 0.1
@@ -308,8 +304,6 @@ def test_label_smoothing_loss():
 
 
 def test_configs_load():
-  import sys
-  sys.path.insert(0, tu.REPO)
   import importlib
   for name in ('se_resnet50', 'se_resnet101', 'se_resnet152',
                'se_resnext50_32x4d', 'se_resnext101_32x4d', 'senet154',
