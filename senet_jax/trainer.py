@@ -66,6 +66,12 @@ def validate_config(config: ml_collections.ConfigDict):
   if not 0 <= config.label_smoothing < 1:
     raise UserError(f'label_smoothing must be in [0, 1), got '
                     f'{config.label_smoothing}')
+  if config.weight_decay < 0 or not 0 <= config.momentum < 1:
+    raise UserError(f'need weight_decay >= 0 and 0 <= momentum < 1, got '
+                    f'{config.weight_decay} and {config.momentum}')
+  if config.keep_checkpoints < 1:
+    raise UserError('keep_checkpoints must be at least 1 (resuming needs a '
+                    f'checkpoint), got {config.keep_checkpoints}')
   for field in ('log_every_steps', 'checkpoint_every_steps',
                 'eval_every_steps'):
     if config[field] < 0:

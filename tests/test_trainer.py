@@ -179,6 +179,8 @@ def test_workdir_of_another_model_is_refused(reference, tmp_path):
     (dict(image_size=4), 'image_size 4 is too small for se_resnet_mini'),
     (dict(dataset='imagefolder'), 'dataset=imagefolder needs'),
     (dict(num_train_steps=0), 'num_train_steps=0 only evaluates'),
+    (dict(keep_checkpoints=0), 'keep_checkpoints must be at least 1'),
+    (dict(momentum=1.5), '0 <= momentum < 1'),
 ])
 def test_bad_config_is_a_user_error(tmp_path, override, message):
   from configs import quickstart
