@@ -415,18 +415,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                total_steps, steps_per_epoch, config.batch_size,
                mesh.devices.size, jax.process_count())
   pending = []  # per-step device metrics not yet fetched
+  fetched = []  # host metrics of finite steps since the last console line
   skipped = 0
   last_eval = {}
   t_log, steps_since_log = time.time(), 0
 
   def flush(step):
-    """Fetches pending step metrics; stops at a non-finite step unless told
-    to skip them. `step` is the number of steps done."""
+    """Fetches pending step metrics into `fetched`; stops at a non-finite
+    step unless told to skip them. `step` is the number of steps done."""
     nonlocal skipped, pending
-    fetched = jax.device_get(pending)
+    got = jax.device_get(pending)
     first = step - len(pending)
     pending = []
-    bad = [first + i + 1 for i, m in enumerate(fetched) if not m['finite']]
+    bad = [first + i + 1 for i, m in enumerate(got) if not m['finite']]
     if bad and not config.skip_nonfinite_steps:
       raise NonFiniteLossError(
           f'non-finite loss or gradient at step {bad[0]}; stopped, keeping '
@@ -437,8 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       skipped += len(bad)
       logging.warning('skipped %d non-finite step(s) (%s); %d so far',
                       len(bad), bad[:5], skipped)
-    good = [m for m in fetched if m['finite']]
-    return good
+    fetched.extend(m for m in got if m['finite'])
 
   try:
     batches = pipeline.train_batches(start_step)
@@ -452,7 +452,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       preempted = ((step % check_every == 0 or step == total_steps)
                    and _agree(bool(sigterm)))
       if preempted or step % log_every == 0 or step == total_steps:
-        good = flush(step)
+        flush(step)
+        good, fetched[:] = list(fetched), []
         elapsed = time.time() - t_log
         rate = steps_since_log * config.batch_size / max(elapsed, 1e-9)
         scalars = {
