@@ -116,6 +116,10 @@ def torch_step(reference, batch_size, image_size, mode, dtype):
 
 
 def _time_round(run, steps, block):
+    # Let the other framework's worker threads stop spinning before the clock starts:
+    # XLA's and PyTorch's thread pools busy-wait for a while after their last task.
+    time.sleep(0.5)
+    block(run())
     start = time.perf_counter()
     for _ in range(steps):
         out = run()

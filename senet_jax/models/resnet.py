@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import SqueezeExcite, conv_padding, max_pool_ceil
+from senet_jax.layers import Conv1x1, SqueezeExcite, conv_padding, max_pool_ceil
 
 Dtype = Any
 
@@ -59,6 +59,7 @@ class ResidualBlock(nn.Module):
     def __call__(self, x, train: bool = False):
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
+        conv1x1 = functools.partial(Conv1x1, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
@@ -73,13 +74,13 @@ class ResidualBlock(nn.Module):
         y = se('pre')(x)
         if self.bottleneck:
             s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
-            y = conv(self.width // self.reduce_first, (1, 1), (s1, s1), padding=0, name='conv1')(y)
+            y = conv1x1(self.width // self.reduce_first, s1, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
             y = conv(self.width, (3, 3), (s3, s3), padding=conv_padding(3),
                      feature_group_count=self.groups, name='conv2')(y)
             y = nn.relu(norm(name='bn2')(y))
             y = se('3x3')(y)
-            y = conv(self.features, (1, 1), padding=0, name='conv3')(y)
+            y = conv1x1(self.features, name='conv3')(y)
             y = norm(scale_init=last_scale, name='bn3')(y)
         else:
             y = conv(self.width, (3, 3), (self.stride, self.stride), padding=conv_padding(3),
@@ -96,8 +97,11 @@ class ResidualBlock(nn.Module):
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
             k = self.downsample_kernel if self.stride != 1 else 1
-            shortcut = conv(self.features, (k, k), (self.stride, self.stride),
-                            padding=conv_padding(k), name='downsample_conv')(x)
+            if k == 1:
+                shortcut = conv1x1(self.features, self.stride, name='downsample_conv')(x)
+            else:
+                shortcut = conv(self.features, (k, k), (self.stride, self.stride),
+                                padding=conv_padding(k), name='downsample_conv')(x)
             shortcut = norm(name='downsample_bn')(shortcut)
         shortcut = se('identity')(shortcut)
         return se('post')(nn.relu(y + shortcut))
