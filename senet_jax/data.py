@@ -246,10 +246,10 @@ def _decode_and_crop(data, crop_fn):
   return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
-def _resize_uint8(image, image_size):
+def _resize_uint8(image, image_size, method='bicubic', antialias=True):
   import tensorflow as tf
-  image = tf.image.resize(image, (image_size, image_size), method='bicubic',
-                          antialias=True)
+  image = tf.image.resize(image, (image_size, image_size), method=method,
+                          antialias=antialias)
   image = tf.clip_by_value(tf.round(image), 0, 255)
   return tf.cast(image, tf.uint8)
 
@@ -272,7 +272,10 @@ def preprocess_train(data, seed, image_size, min_area=0.08,
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     return begin[0], begin[1], size[0], size[1]
 
-  image = _resize_uint8(_decode_and_crop(data, crop_fn), image_size)
+  # Bilinear without antialiasing, as Inception-style training crops usually are:
+  # antialiasing made the whole decode + crop + resize 2.7x slower on a CPU core.
+  image = _resize_uint8(_decode_and_crop(data, crop_fn), image_size,
+                        method='bilinear', antialias=False)
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
