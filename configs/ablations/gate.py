@@ -8,10 +8,10 @@
 Values: sigmoid (default), tanh, relu.
 
 Every value here starts the residual branch's last BN scale at 1, as the
-paper's networks did, not at 0 (the zoo's default, `zero_init_last`): with
-a zero scale the branch output U is 0 at initialisation, so tanh(0) = relu(0)
-= 0 gates and U * s has zero gradient in both factors; the branch would never
-train (sigmoid(0) = 0.5 escapes this).
+paper's networks did, so the three gates start from the same initialisation.
+(With a zero scale the branch output U is 0 at initialisation and tanh(0) =
+relu(0) = 0, so U * s would have zero gradient in both factors; the model
+therefore never zero-initialises a branch that ends in such a gate.)
 """
 from configs.ablations import study
 
