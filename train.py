@@ -34,101 +34,101 @@ EXIT_PREEMPTED = 143
 
 
 def _cluster_detected() -> bool:
-  """A cluster where jax.distributed.initialize() finds its peers itself.
+    """A cluster where jax.distributed.initialize() finds its peers itself.
 
-  Checked from the environment and the PCI bus only (no network), so a plain
-  machine starts at once.
-  """
-  env = os.environ
-  slurm = 'SLURM_JOB_ID' in env and int(env.get('SLURM_NTASKS', '1')) > 1
-  open_mpi = 'OMPI_MCA_orte_hnp_uri' in env
-  gke_tpu = 'TPU_WORKER_HOSTNAMES' in env or 'TPU_PROCESS_ADDRESSES' in env
-  return slurm or open_mpi or gke_tpu or _tpu_attached()
+    Checked from the environment and the PCI bus only (no network), so a plain
+    machine starts at once.
+    """
+    env = os.environ
+    slurm = 'SLURM_JOB_ID' in env and int(env.get('SLURM_NTASKS', '1')) > 1
+    open_mpi = 'OMPI_MCA_orte_hnp_uri' in env
+    gke_tpu = 'TPU_WORKER_HOSTNAMES' in env or 'TPU_PROCESS_ADDRESSES' in env
+    return slurm or open_mpi or gke_tpu or _tpu_attached()
 
 
 def _tpu_attached() -> bool:
-  """A Cloud TPU VM: Google's PCI vendor id on some device."""
-  for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
-    try:
-      with open(vendor) as f:
-        if f.read().strip() == '0x1ae0':
-          return True
-    except OSError:
-      pass
-  return False
+    """A Cloud TPU VM: Google's PCI vendor id on some device."""
+    for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
+        try:
+            with open(vendor) as f:
+                if f.read().strip() == '0x1ae0':
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 class _QuietOrbax:
-  """Drops Orbax's per-save INFO chatter from the console; warnings stay."""
+    """Drops Orbax's per-save INFO chatter from the console; warnings stay."""
 
-  def filter(self, record):
-    return record.levelno > 20 or '/orbax/' not in record.pathname
+    def filter(self, record):
+        return record.levelno > 20 or '/orbax/' not in record.pathname
 
 
 def init_distributed():
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
-  elif _cluster_detected():
-    jax.distributed.initialize()
+    import jax  # pylint: disable=g-import-not-at-top
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    elif _cluster_detected():
+        jax.distributed.initialize()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from senet_jax.errors import Preempted, UserError  # pylint: disable=g-import-not-at-top
-  logging.get_absl_handler().addFilter(_QuietOrbax())
-  try:
-    config = FLAGS.config
-    config.get('model')  # config_flags reports a bad config file on first use
-  except (OSError, SyntaxError, ImportError, AttributeError) as e:
-    last = str(e).strip().splitlines()[-1].strip()
-    print(f'error: cannot load the --config file: {last}', file=sys.stderr)
-    sys.exit(1)
-  try:
-    init_distributed()
-    import jax  # pylint: disable=g-import-not-at-top
-    # Keep TensorFlow (the input pipeline) off the accelerators.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
-    from senet_jax import trainer  # pylint: disable=g-import-not-at-top
-    logging.info('JAX process %d/%d, %d local / %d global devices',
-                 jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
-    trainer.train_and_evaluate(config, FLAGS.workdir)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(EXIT_PREEMPTED)
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from senet_jax.errors import Preempted, UserError  # pylint: disable=g-import-not-at-top
+    logging.get_absl_handler().addFilter(_QuietOrbax())
+    try:
+        config = FLAGS.config
+        config.get('model')  # config_flags reports a bad config file on first use
+    except (OSError, SyntaxError, ImportError, AttributeError) as e:
+        last = str(e).strip().splitlines()[-1].strip()
+        print(f'error: cannot load the --config file: {last}', file=sys.stderr)
+        sys.exit(1)
+    try:
+        init_distributed()
+        import jax  # pylint: disable=g-import-not-at-top
+        # Keep TensorFlow (the input pipeline) off the accelerators.
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        tf.config.set_visible_devices([], 'GPU')
+        from senet_jax import trainer  # pylint: disable=g-import-not-at-top
+        logging.info('JAX process %d/%d, %d local / %d global devices',
+                     jax.process_index(), jax.process_count(),
+                     jax.local_device_count(), jax.device_count())
+        trainer.train_and_evaluate(config, FLAGS.workdir)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 def parse_flags(argv):
-  """absl's parsing, but a bad flag, config file or --config.<field> override
-  ends in one `error:` line (ml_collections raises plain Python errors)."""
-  try:
-    return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
-          OSError, SyntaxError, ImportError) as e:
-    print(f'error: {_one_line(e)}', file=sys.stderr)
-    sys.exit(1)
+    """absl's parsing, but a bad flag, config file or --config.<field> override
+    ends in one `error:` line (ml_collections raises plain Python errors)."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+            OSError, SyntaxError, ImportError) as e:
+        print(f'error: {_one_line(e)}', file=sys.stderr)
+        sys.exit(1)
 
 
 def _one_line(e: Exception) -> str:
-  text = str(e).strip()
-  if isinstance(e, SyntaxError):
-    return (f'cannot load the --config file: {e.msg} ({e.filename}, line '
-            f'{e.lineno})')
-  if 'Traceback' in text or isinstance(e, (OSError, ImportError)):
-    # The config file itself failed; its last line says why.
-    return 'cannot load the --config file: ' + text.splitlines()[-1].strip()
-  if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
-    text = text[1:-1]  # the repr inside a KeyError
-  return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
+    text = str(e).strip()
+    if isinstance(e, SyntaxError):
+        return (f'cannot load the --config file: {e.msg} ({e.filename}, line '
+                f'{e.lineno})')
+    if 'Traceback' in text or isinstance(e, (OSError, ImportError)):
+        # The config file itself failed; its last line says why.
+        return 'cannot load the --config file: ' + text.splitlines()[-1].strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+        text = text[1:-1]  # the repr inside a KeyError
+    return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=parse_flags)

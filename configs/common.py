@@ -8,70 +8,70 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Fields every run has, with ImageNet-scale defaults."""
-  c = ml_collections.ConfigDict()
-  c.model = 'se_resnet50'
-  c.model_overrides = ml_collections.ConfigDict()  # e.g. {'reduction': 8}
-  # None = the model's own default (0.2 for senet154); a placeholder so that
-  # --config.drop_rate=0.3 works.
-  c.drop_rate = ml_collections.config_dict.placeholder(float)
+    """Fields every run has, with ImageNet-scale defaults."""
+    c = ml_collections.ConfigDict()
+    c.model = 'se_resnet50'
+    c.model_overrides = ml_collections.ConfigDict()  # e.g. {'reduction': 8}
+    # None = the model's own default (0.2 for senet154); a placeholder so that
+    # --config.drop_rate=0.3 works.
+    c.drop_rate = ml_collections.config_dict.placeholder(float)
 
-  # Data. dataset: a tfds name, 'imagefolder', 'digits' or 'fake'.
-  c.dataset = 'imagenet2012'
-  c.data_dir = ''  # tfds data_dir / image folder root; '' = tfds default
-  c.train_split = 'train'
-  c.eval_split = 'validation'
-  c.image_size = 224
-  c.min_crop_area = 0.08        # random-size crop: 8%..100% of the area
-  c.eval_crop_fraction = 0.875  # 224/256: centre crop of a 256 resize
-  c.shuffle_buffer = 16 * 1024
-  c.num_classes = 0             # dataset=fake only (0 -> 1000)
-  c.fake_num_examples = 0       # dataset=fake only (0 -> 100 batches)
-  c.digits_max_shift = 0        # dataset=digits only: random shift, pixels
+    # Data. dataset: a tfds name, 'imagefolder', 'digits' or 'fake'.
+    c.dataset = 'imagenet2012'
+    c.data_dir = ''  # tfds data_dir / image folder root; '' = tfds default
+    c.train_split = 'train'
+    c.eval_split = 'validation'
+    c.image_size = 224
+    c.min_crop_area = 0.08        # random-size crop: 8%..100% of the area
+    c.eval_crop_fraction = 0.875  # 224/256: centre crop of a 256 resize
+    c.shuffle_buffer = 16 * 1024
+    c.num_classes = 0             # dataset=fake only (0 -> 1000)
+    c.fake_num_examples = 0       # dataset=fake only (0 -> 100 batches)
+    c.digits_max_shift = 0        # dataset=digits only: random shift, pixels
 
-  # Optimisation: SGD + momentum, lr scaled linearly with the global batch.
-  c.batch_size = 1024  # global, over all devices and processes
-  c.base_batch_size = 1024  # lr = learning_rate * batch_size / base_batch_size
-  c.learning_rate = 0.6
-  c.lr_schedule = 'step'  # 'step' | 'cosine' | 'constant'
-  c.lr_decay_epochs = 30
-  c.lr_decay_factor = 0.1
-  c.warmup_epochs = 0.0
-  c.momentum = 0.9
-  c.nesterov = False
-  c.weight_decay = 1e-4  # conv and dense kernels only
-  c.label_smoothing = 0.0
-  c.num_epochs = 100.0
-  c.num_train_steps = -1  # > 0 replaces num_epochs; 0 = evaluate init_from only
-  c.half_precision = False  # bf16 compute, fp32 params
-  c.seed = 0
+    # Optimisation: SGD + momentum, lr scaled linearly with the global batch.
+    c.batch_size = 1024  # global, over all devices and processes
+    c.base_batch_size = 1024  # lr = learning_rate * batch_size / base_batch_size
+    c.learning_rate = 0.6
+    c.lr_schedule = 'step'  # 'step' | 'cosine' | 'constant'
+    c.lr_decay_epochs = 30
+    c.lr_decay_factor = 0.1
+    c.warmup_epochs = 0.0
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4  # conv and dense kernels only
+    c.label_smoothing = 0.0
+    c.num_epochs = 100.0
+    c.num_train_steps = -1  # > 0 replaces num_epochs; 0 = evaluate init_from only
+    c.half_precision = False  # bf16 compute, fp32 params
+    c.seed = 0
 
-  # Bookkeeping; 0 = once per epoch.
-  c.log_every_steps = 100
-  c.eval_every_steps = 0
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3  # the newest few, plus the best by eval top-1
-  c.preemption_check_every_steps = 5  # SIGTERM agreement across processes
-  c.skip_nonfinite_steps = False  # True: skip NaN/Inf steps instead of stopping
-  c.init_from = ''  # directory of converted weights (python -m senet_jax.convert)
-  return c
+    # Bookkeeping; 0 = once per epoch.
+    c.log_every_steps = 100
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3  # the newest few, plus the best by eval top-1
+    c.preemption_check_every_steps = 5  # SIGTERM agreement across processes
+    c.skip_nonfinite_steps = False  # True: skip NaN/Inf steps instead of stopping
+    c.init_from = ''  # directory of converted weights (python -m senet_jax.convert)
+    return c
 
 
 def imagenet_config(model: str, recipe: str = '') -> ml_collections.ConfigDict:
-  """The paper's ImageNet recipe for `model`, or a named variant.
+    """The paper's ImageNet recipe for `model`, or a named variant.
 
-  recipe '' (paper): SGD momentum 0.9, lr 0.6 per 1024 images, /10 every 30
-    epochs, 100 epochs, weight decay 1e-4.
-  recipe 'cosine': 5 warmup epochs + cosine decay, Nesterov momentum, label
-    smoothing 0.1.
-  """
-  c = base_config()
-  c.model = model
-  if recipe == 'cosine':
-    c.lr_schedule = 'cosine'
-    c.warmup_epochs = 5.0
-    c.nesterov = True
-    c.label_smoothing = 0.1
-  elif recipe:
-    raise ValueError(f"unknown recipe {recipe!r}; use '' or 'cosine'")
-  return c
+    recipe '' (paper): SGD momentum 0.9, lr 0.6 per 1024 images, /10 every 30
+      epochs, 100 epochs, weight decay 1e-4.
+    recipe 'cosine': 5 warmup epochs + cosine decay, Nesterov momentum, label
+      smoothing 0.1.
+    """
+    c = base_config()
+    c.model = model
+    if recipe == 'cosine':
+        c.lr_schedule = 'cosine'
+        c.warmup_epochs = 5.0
+        c.nesterov = True
+        c.label_smoothing = 0.1
+    elif recipe:
+        raise ValueError(f"unknown recipe {recipe!r}; use '' or 'cosine'")
+    return c

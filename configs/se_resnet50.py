@@ -10,4 +10,4 @@ from configs import common
 
 
 def get_config(recipe=''):
-  return common.imagenet_config('se_resnet50', recipe)
+    return common.imagenet_config('se_resnet50', recipe)

@@ -9,7 +9,7 @@ from configs import common
 
 
 def get_config(recipe=''):
-  c = common.imagenet_config('senet154', recipe)
-  c.label_smoothing = 0.1
-  c.drop_rate = 0.2
-  return c
+    c = common.imagenet_config('senet154', recipe)
+    c.label_smoothing = 0.1
+    c.drop_rate = 0.2
+    return c

@@ -15,92 +15,92 @@ from senet_jax.errors import UserError
 
 
 def _config(**kw):
-  c = ml_collections.ConfigDict(dict(
-      dataset='digits', data_dir='', batch_size=64, image_size=16, seed=3,
-      digits_max_shift=1, min_crop_area=0.08, eval_crop_fraction=0.875,
-      shuffle_buffer=64, train_split='train', eval_split='validation',
-      num_classes=0, fake_num_examples=0))
-  c.update(kw)
-  return c
+    c = ml_collections.ConfigDict(dict(
+        dataset='digits', data_dir='', batch_size=64, image_size=16, seed=3,
+        digits_max_shift=1, min_crop_area=0.08, eval_crop_fraction=0.875,
+        shuffle_buffer=64, train_split='train', eval_split='validation',
+        num_classes=0, fake_num_examples=0))
+    c.update(kw)
+    return c
 
 
 def _take(it, n):
-  return [next(it) for _ in range(n)]
+    return [next(it) for _ in range(n)]
 
 
 def test_digits_batches_are_uint8_nhwc_and_resumable():
-  p = data.create_input_pipeline(_config())
-  assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
-      10, 1437, 360)
-  assert p.steps_per_epoch == 1437 // 64
-  # 30 steps cross an epoch boundary (22 steps per epoch).
-  full = _take(p.train_batches(0), 30)
-  assert full[0]['image'].dtype == np.uint8
-  assert full[0]['image'].shape == (64, 16, 16, 3)
-  assert full[0]['label'].dtype == np.int32
-  for start in (7, 22, 25):
-    resumed = _take(p.train_batches(start), 30 - start)
-    for a, b in zip(full[start:], resumed):
-      np.testing.assert_array_equal(a['image'], b['image'])
-      np.testing.assert_array_equal(a['label'], b['label'])
-  # Another seed, another order.
-  other = next(data.create_input_pipeline(_config(seed=4)).train_batches(0))
-  assert not np.array_equal(other['label'], full[0]['label'])
+    p = data.create_input_pipeline(_config())
+    assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
+        10, 1437, 360)
+    assert p.steps_per_epoch == 1437 // 64
+    # 30 steps cross an epoch boundary (22 steps per epoch).
+    full = _take(p.train_batches(0), 30)
+    assert full[0]['image'].dtype == np.uint8
+    assert full[0]['image'].shape == (64, 16, 16, 3)
+    assert full[0]['label'].dtype == np.int32
+    for start in (7, 22, 25):
+        resumed = _take(p.train_batches(start), 30 - start)
+        for a, b in zip(full[start:], resumed):
+            np.testing.assert_array_equal(a['image'], b['image'])
+            np.testing.assert_array_equal(a['label'], b['label'])
+    # Another seed, another order.
+    other = next(data.create_input_pipeline(_config(seed=4)).train_batches(0))
+    assert not np.array_equal(other['label'], full[0]['label'])
 
 
 def test_epoch_visits_each_example_once():
-  n, gb = 100, 8
-  seen = [i for _, idx in zip(range(n // gb), data._train_index_batches(
-      0, n, gb, 0, 0, 1)) for i in idx[1]]
-  assert len(seen) == len(set(seen)) == (n // gb) * gb
+    n, gb = 100, 8
+    seen = [i for _, idx in zip(range(n // gb), data._train_index_batches(
+        0, n, gb, 0, 0, 1)) for i in idx[1]]
+    assert len(seen) == len(set(seen)) == (n // gb) * gb
 
 
 def test_processes_split_the_same_global_batch():
-  one = next(data.create_input_pipeline(_config()).train_batches(5))
-  halves = [next(data.create_input_pipeline(_config(), i, 2).train_batches(5))
-            for i in range(2)]
-  np.testing.assert_array_equal(
-      np.concatenate([h['image'] for h in halves]), one['image'])
-  np.testing.assert_array_equal(
-      np.concatenate([h['label'] for h in halves]), one['label'])
+    one = next(data.create_input_pipeline(_config()).train_batches(5))
+    halves = [next(data.create_input_pipeline(_config(), i, 2).train_batches(5))
+              for i in range(2)]
+    np.testing.assert_array_equal(
+        np.concatenate([h['image'] for h in halves]), one['image'])
+    np.testing.assert_array_equal(
+        np.concatenate([h['label'] for h in halves]), one['label'])
 
 
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_eval_covers_every_example_once(process_count):
-  _, _, te_x, te_y = data.load_digits_split(16)
-  images, labels = [], []
-  for pi in range(process_count):
-    p = data.create_input_pipeline(_config(), pi, process_count)
-    batches = list(p.eval_batches())
-    assert len(batches) == p.num_eval_batches == 6  # ceil(360 / 64)
-    for b in batches:
-      assert b['image'].shape[0] == 64 // process_count
-      keep = b['mask'] > 0
-      images.append(b['image'][keep])
-      labels.append(b['label'][keep])
-  assert sum(len(l) for l in labels) == 360
-  # Same multiset of examples as the held-out split.
-  got = sorted(map(bytes, np.concatenate(images)))
-  want = sorted(map(bytes, te_x))
-  assert got == want
-  np.testing.assert_array_equal(np.sort(np.concatenate(labels)), np.sort(te_y))
+    _, _, te_x, te_y = data.load_digits_split(16)
+    images, labels = [], []
+    for pi in range(process_count):
+        p = data.create_input_pipeline(_config(), pi, process_count)
+        batches = list(p.eval_batches())
+        assert len(batches) == p.num_eval_batches == 6  # ceil(360 / 64)
+        for b in batches:
+            assert b['image'].shape[0] == 64 // process_count
+            keep = b['mask'] > 0
+            images.append(b['image'][keep])
+            labels.append(b['label'][keep])
+    assert sum(len(l) for l in labels) == 360
+    # Same multiset of examples as the held-out split.
+    got = sorted(map(bytes, np.concatenate(images)))
+    want = sorted(map(bytes, te_x))
+    assert got == want
+    np.testing.assert_array_equal(np.sort(np.concatenate(labels)), np.sort(te_y))
 
 
 def test_batch_not_divisible_by_processes():
-  with pytest.raises(UserError, match='not divisible by the 3 processes'):
-    data.create_input_pipeline(_config(batch_size=64), 0, 3)
+    with pytest.raises(UserError, match='not divisible by the 3 processes'):
+        data.create_input_pipeline(_config(batch_size=64), 0, 3)
 
 
 def test_fake_pipeline():
-  cfg = _config(dataset='fake', batch_size=8, image_size=20, num_classes=7)
-  p = data.create_input_pipeline(cfg)
-  assert p.num_classes == 7 and p.steps_per_epoch == 100
-  a = _take(p.train_batches(0), 3)
-  b = next(p.train_batches(2))
-  assert a[0]['image'].shape == (8, 20, 20, 3) and a[0]['image'].dtype == np.uint8
-  np.testing.assert_array_equal(a[2]['label'], b['label'])
-  assert all(0 <= l < 7 for l in b['label'])
-  assert sum(x['mask'].sum() for x in p.eval_batches()) == p.num_eval_examples
+    cfg = _config(dataset='fake', batch_size=8, image_size=20, num_classes=7)
+    p = data.create_input_pipeline(cfg)
+    assert p.num_classes == 7 and p.steps_per_epoch == 100
+    a = _take(p.train_batches(0), 3)
+    b = next(p.train_batches(2))
+    assert a[0]['image'].shape == (8, 20, 20, 3) and a[0]['image'].dtype == np.uint8
+    np.testing.assert_array_equal(a[2]['label'], b['label'])
+    assert all(0 <= l < 7 for l in b['label'])
+    assert sum(x['mask'].sum() for x in p.eval_batches()) == p.num_eval_examples
 
 
 # ---------------------------------------------------------------------------
@@ -108,84 +108,84 @@ def test_fake_pipeline():
 
 
 def _make_folder(root, corrupt=True):
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 6), ('val', 3)):
-    for c, name in enumerate(('cat', 'dog')):
-      d = root / split / name
-      d.mkdir(parents=True)
-      for i in range(n):
-        a = rng.integers(0, 256, size=(20 + 3 * i, 28, 3), dtype=np.uint8)
-        a[..., c] = 255  # classes differ in colour
-        ext = 'png' if i % 2 else 'jpg'
-        Image.fromarray(a).save(d / f'{i}.{ext}')
-  if corrupt:
-    (root / 'train' / 'cat' / 'broken.jpg').write_bytes(b'not an image')
-  (root / 'train' / 'cat' / 'notes.txt').write_text('ignored')
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 6), ('val', 3)):
+        for c, name in enumerate(('cat', 'dog')):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 256, size=(20 + 3 * i, 28, 3), dtype=np.uint8)
+                a[..., c] = 255  # classes differ in colour
+                ext = 'png' if i % 2 else 'jpg'
+                Image.fromarray(a).save(d / f'{i}.{ext}')
+    if corrupt:
+        (root / 'train' / 'cat' / 'broken.jpg').write_bytes(b'not an image')
+    (root / 'train' / 'cat' / 'notes.txt').write_text('ignored')
 
 
 def test_imagefolder(tmp_path, caplog):
-  _make_folder(tmp_path)
-  cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
-                image_size=12)
-  with caplog.at_level(logging.WARNING):
-    p = data.create_input_pipeline(cfg)
-  assert 'skipped 1 unreadable image' in caplog.text
-  assert 'broken.jpg' in caplog.text
-  assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
-      2, 12, 6)
-  full = _take(p.train_batches(0), 5)  # 3 steps per epoch
-  assert full[0]['image'].shape == (4, 12, 12, 3)
-  assert full[0]['image'].dtype == np.uint8
-  resumed = _take(p.train_batches(2), 3)
-  for a, b in zip(full[2:], resumed):
-    np.testing.assert_array_equal(a['image'], b['image'])
-    np.testing.assert_array_equal(a['label'], b['label'])
-  ev = list(p.eval_batches())
-  assert len(ev) == 2 and sum(b['mask'].sum() for b in ev) == 6
-  labels = np.concatenate([b['label'][b['mask'] > 0] for b in ev])
-  assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    _make_folder(tmp_path)
+    cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
+                  image_size=12)
+    with caplog.at_level(logging.WARNING):
+        p = data.create_input_pipeline(cfg)
+    assert 'skipped 1 unreadable image' in caplog.text
+    assert 'broken.jpg' in caplog.text
+    assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
+        2, 12, 6)
+    full = _take(p.train_batches(0), 5)  # 3 steps per epoch
+    assert full[0]['image'].shape == (4, 12, 12, 3)
+    assert full[0]['image'].dtype == np.uint8
+    resumed = _take(p.train_batches(2), 3)
+    for a, b in zip(full[2:], resumed):
+        np.testing.assert_array_equal(a['image'], b['image'])
+        np.testing.assert_array_equal(a['label'], b['label'])
+    ev = list(p.eval_batches())
+    assert len(ev) == 2 and sum(b['mask'].sum() for b in ev) == 6
+    labels = np.concatenate([b['label'][b['mask'] > 0] for b in ev])
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1]
 
 
 def test_imagefolder_undecodable_image_is_named(tmp_path):
-  _make_folder(tmp_path, corrupt=False)
-  good = (tmp_path / 'train' / 'dog' / '0.jpg').read_bytes()
-  truncated = tmp_path / 'train' / 'dog' / 'truncated.jpg'
-  truncated.write_bytes(good[:len(good) // 3])  # a valid header, then nothing
-  cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
-                image_size=12)
-  p = data.create_input_pipeline(cfg)
-  assert p.num_train_examples == 13
-  with pytest.raises(UserError, match='cannot decode image .*truncated.jpg'):
-    _take(p.train_batches(0), 3)  # one epoch
+    _make_folder(tmp_path, corrupt=False)
+    good = (tmp_path / 'train' / 'dog' / '0.jpg').read_bytes()
+    truncated = tmp_path / 'train' / 'dog' / 'truncated.jpg'
+    truncated.write_bytes(good[:len(good) // 3])  # a valid header, then nothing
+    cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
+                  image_size=12)
+    p = data.create_input_pipeline(cfg)
+    assert p.num_train_examples == 13
+    with pytest.raises(UserError, match='cannot decode image .*truncated.jpg'):
+        _take(p.train_batches(0), 3)  # one epoch
 
 
 def test_imagefolder_errors(tmp_path):
-  cfg = _config(dataset='imagefolder', data_dir=str(tmp_path / 'missing'))
-  with pytest.raises(UserError, match='no val/ or validation/'):
-    data.create_input_pipeline(cfg)
-  (tmp_path / 'train').mkdir()
-  (tmp_path / 'validation').mkdir()
-  cfg.data_dir = str(tmp_path)
-  with pytest.raises(UserError, match='has no class subfolders'):
-    data.create_input_pipeline(cfg)
-  (tmp_path / 'train' / 'a').mkdir()
-  with pytest.raises(UserError, match='holds no readable images'):
-    data.create_input_pipeline(cfg)
+    cfg = _config(dataset='imagefolder', data_dir=str(tmp_path / 'missing'))
+    with pytest.raises(UserError, match='no val/ or validation/'):
+        data.create_input_pipeline(cfg)
+    (tmp_path / 'train').mkdir()
+    (tmp_path / 'validation').mkdir()
+    cfg.data_dir = str(tmp_path)
+    with pytest.raises(UserError, match='has no class subfolders'):
+        data.create_input_pipeline(cfg)
+    (tmp_path / 'train' / 'a').mkdir()
+    with pytest.raises(UserError, match='holds no readable images'):
+        data.create_input_pipeline(cfg)
 
 
 def test_preprocessing_shapes():
-  import io
-  buf = io.BytesIO()
-  Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(buf, 'JPEG')
-  jpeg = buf.getvalue()
-  seed = data._example_seed(1, 2)
-  a = data.preprocess_train(jpeg, seed, 24).numpy()
-  b = data.preprocess_train(jpeg, seed, 24).numpy()
-  assert a.shape == (24, 24, 3) and a.dtype == np.uint8
-  np.testing.assert_array_equal(a, b)  # a pure function of the seed
-  e = data.preprocess_eval(jpeg, 24).numpy()
-  assert e.shape == (24, 24, 3)
-  assert abs(int(e.mean()) - 128) <= 2
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(buf, 'JPEG')
+    jpeg = buf.getvalue()
+    seed = data._example_seed(1, 2)
+    a = data.preprocess_train(jpeg, seed, 24).numpy()
+    b = data.preprocess_train(jpeg, seed, 24).numpy()
+    assert a.shape == (24, 24, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)  # a pure function of the seed
+    e = data.preprocess_eval(jpeg, 24).numpy()
+    assert e.shape == (24, 24, 3)
+    assert abs(int(e.mean()) - 128) <= 2
 
 
 # ---------------------------------------------------------------------------
@@ -193,65 +193,65 @@ def test_preprocessing_shapes():
 
 
 def test_imagenet2012_through_mock_data():
-  import tensorflow_datasets as tfds
-  cfg = _config(dataset='imagenet2012', batch_size=4, image_size=32,
-                data_dir='/nonexistent')
-  with tfds.testing.mock_data(num_examples=10), mock.patch.object(
-      tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
-    p = data.create_input_pipeline(cfg)
-    assert p.num_classes == 1000
-    assert p.num_train_examples == 10 and p.steps_per_epoch == 2
-    full = _take(p.train_batches(0), 4)
-    assert full[0]['image'].shape == (4, 32, 32, 3)
-    assert full[0]['image'].dtype == np.uint8
-    assert full[0]['label'].dtype == np.int32
-    for a, b in zip(full[1:], _take(p.train_batches(1), 3)):
-      np.testing.assert_array_equal(a['image'], b['image'])
-      np.testing.assert_array_equal(a['label'], b['label'])
-    ev = list(p.eval_batches())
-    assert len(ev) == p.num_eval_batches == 3  # 10 examples, batches of 4
-    assert sum(b['mask'].sum() for b in ev) == 10
+    import tensorflow_datasets as tfds
+    cfg = _config(dataset='imagenet2012', batch_size=4, image_size=32,
+                  data_dir='/nonexistent')
+    with tfds.testing.mock_data(num_examples=10), mock.patch.object(
+        tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+        p = data.create_input_pipeline(cfg)
+        assert p.num_classes == 1000
+        assert p.num_train_examples == 10 and p.steps_per_epoch == 2
+        full = _take(p.train_batches(0), 4)
+        assert full[0]['image'].shape == (4, 32, 32, 3)
+        assert full[0]['image'].dtype == np.uint8
+        assert full[0]['label'].dtype == np.int32
+        for a, b in zip(full[1:], _take(p.train_batches(1), 3)):
+            np.testing.assert_array_equal(a['image'], b['image'])
+            np.testing.assert_array_equal(a['label'], b['label'])
+        ev = list(p.eval_batches())
+        assert len(ev) == p.num_eval_batches == 3  # 10 examples, batches of 4
+        assert sum(b['mask'].sum() for b in ev) == 10
 
 
 def test_unprepared_tfds_dataset_fails_fast(tmp_path):
-  start = time.time()
-  with pytest.raises(UserError) as e:
-    data.create_input_pipeline(_config(dataset='imagenet2012',
-                                       data_dir=str(tmp_path)))
-  msg = str(e.value)
-  assert os.path.join(str(tmp_path), 'downloads', 'manual') in msg
-  assert 'tfds build imagenet2012' in msg
-  with pytest.raises(UserError, match='tfds build cifar10'):
-    data.create_input_pipeline(_config(dataset='cifar10',
-                                       data_dir=str(tmp_path)))
-  with pytest.raises(UserError, match="did you mean cifar10"):
-    data.create_input_pipeline(_config(dataset='cifar1O',
-                                       data_dir=str(tmp_path)))
-  assert time.time() - start < 10
+    start = time.time()
+    with pytest.raises(UserError) as e:
+        data.create_input_pipeline(_config(dataset='imagenet2012',
+                                           data_dir=str(tmp_path)))
+    msg = str(e.value)
+    assert os.path.join(str(tmp_path), 'downloads', 'manual') in msg
+    assert 'tfds build imagenet2012' in msg
+    with pytest.raises(UserError, match='tfds build cifar10'):
+        data.create_input_pipeline(_config(dataset='cifar10',
+                                           data_dir=str(tmp_path)))
+    with pytest.raises(UserError, match="did you mean cifar10"):
+        data.create_input_pipeline(_config(dataset='cifar1O',
+                                           data_dir=str(tmp_path)))
+    assert time.time() - start < 10
 
 
 def test_prepared_tfds_dataset(tmp_path):
-  """A really prepared tfds dataset (tfds' offline DummyMnist: 20 train and
-  20 test PNG-encoded 28x28 grey images): slices, resume, exact-once eval."""
-  import tensorflow_datasets as tfds
-  tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
-  cfg = _config(dataset='dummy_mnist', data_dir=str(tmp_path), batch_size=4,
-                image_size=16)
-  p = data.create_input_pipeline(cfg)
-  assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
-      10, 20, 20)  # no 'validation' split: 'test' is used
-  full = _take(p.train_batches(0), 7)  # 5 steps per epoch
-  assert full[0]['image'].shape == (4, 16, 16, 3)
-  for a, b in zip(full[3:], _take(p.train_batches(3), 4)):
-    np.testing.assert_array_equal(a['image'], b['image'])
-    np.testing.assert_array_equal(a['label'], b['label'])
-  want = sorted(int(ex['label']) for ex in tfds.builder(
-      'dummy_mnist', data_dir=str(tmp_path)).as_dataset(split='test'))
-  for process_count in (1, 2):
-    labels = []
-    for pi in range(process_count):
-      q = data.create_input_pipeline(cfg, pi, process_count)
-      batches = list(q.eval_batches())
-      assert len(batches) == q.num_eval_batches
-      labels += [int(l) for b in batches for l in b['label'][b['mask'] > 0]]
-    assert sorted(labels) == want
+    """A really prepared tfds dataset (tfds' offline DummyMnist: 20 train and
+    20 test PNG-encoded 28x28 grey images): slices, resume, exact-once eval."""
+    import tensorflow_datasets as tfds
+    tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
+    cfg = _config(dataset='dummy_mnist', data_dir=str(tmp_path), batch_size=4,
+                  image_size=16)
+    p = data.create_input_pipeline(cfg)
+    assert (p.num_classes, p.num_train_examples, p.num_eval_examples) == (
+        10, 20, 20)  # no 'validation' split: 'test' is used
+    full = _take(p.train_batches(0), 7)  # 5 steps per epoch
+    assert full[0]['image'].shape == (4, 16, 16, 3)
+    for a, b in zip(full[3:], _take(p.train_batches(3), 4)):
+        np.testing.assert_array_equal(a['image'], b['image'])
+        np.testing.assert_array_equal(a['label'], b['label'])
+    want = sorted(int(ex['label']) for ex in tfds.builder(
+        'dummy_mnist', data_dir=str(tmp_path)).as_dataset(split='test'))
+    for process_count in (1, 2):
+        labels = []
+        for pi in range(process_count):
+            q = data.create_input_pipeline(cfg, pi, process_count)
+            batches = list(q.eval_batches())
+            assert len(batches) == q.num_eval_batches
+            labels += [int(l) for b in batches for l in b['label'][b['mask'] > 0]]
+        assert sorted(labels) == want

@@ -19,90 +19,90 @@ RUN = ('--config.num_train_steps=30', '--config.log_every_steps=1',
 
 
 def _train_losses(workdir):
-  """step -> train_loss; after a restart the rerun's value wins."""
-  return {m['step']: m['train_loss'] for m in tu.metrics(workdir)
-          if 'train_loss' in m}
+    """step -> train_loss; after a restart the rerun's value wins."""
+    return {m['step']: m['train_loss'] for m in tu.metrics(workdir)
+            if 'train_loss' in m}
 
 
 @pytest.fixture(scope='module')
 def one_device(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('one_device') / 'run')
-  tu.run(workdir, *RUN, num_devices=1)
-  return workdir
+    workdir = str(tmp_path_factory.mktemp('one_device') / 'run')
+    tu.run(workdir, *RUN, num_devices=1)
+    return workdir
 
 
 @pytest.fixture(scope='module')
 def eight_devices(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('eight_devices') / 'run')
-  proc = tu.run(workdir, *RUN, num_devices=8)
-  assert 'on 8 devices' in proc.stderr
-  return workdir
+    workdir = str(tmp_path_factory.mktemp('eight_devices') / 'run')
+    proc = tu.run(workdir, *RUN, num_devices=8)
+    assert 'on 8 devices' in proc.stderr
+    return workdir
 
 
 def _assert_same_run(workdir, baseline, rtol_first=1e-4, rtol=2e-3):
-  got, want = _train_losses(workdir), _train_losses(baseline)
-  assert sorted(got) == sorted(want) == list(range(1, 31))
-  for step in range(1, 11):  # the first steps: reassociation only
-    assert got[step] == pytest.approx(want[step], rel=rtol_first), step
-  for step in want:
-    assert got[step] == pytest.approx(want[step], rel=rtol), step
-  a, b = tu.last_eval(workdir), tu.last_eval(baseline)
-  assert a['eval_loss'] == pytest.approx(b['eval_loss'], rel=rtol)
-  assert abs(a['eval_top1'] - b['eval_top1']) <= 2 / 360
-  tu.assert_trees_close(tu.load_params(workdir)['params'],
-                        tu.load_params(baseline)['params'], atol=1e-3)
+    got, want = _train_losses(workdir), _train_losses(baseline)
+    assert sorted(got) == sorted(want) == list(range(1, 31))
+    for step in range(1, 11):  # the first steps: reassociation only
+        assert got[step] == pytest.approx(want[step], rel=rtol_first), step
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=rtol), step
+    a, b = tu.last_eval(workdir), tu.last_eval(baseline)
+    assert a['eval_loss'] == pytest.approx(b['eval_loss'], rel=rtol)
+    assert abs(a['eval_top1'] - b['eval_top1']) <= 2 / 360
+    tu.assert_trees_close(tu.load_params(workdir)['params'],
+                          tu.load_params(baseline)['params'], atol=1e-3)
 
 
 def test_eight_devices_match_one_device(one_device, eight_devices):
-  _assert_same_run(eight_devices, one_device)
+    _assert_same_run(eight_devices, one_device)
 
 
 def test_batch_not_divisible_by_device_count(tmp_path):
-  proc = tu.run(str(tmp_path / 'run'), '--config.batch_size=12',
-                num_devices=8, check=False)
-  assert proc.returncode == 1
-  assert 'Traceback' not in proc.stderr
-  assert proc.stderr.strip().splitlines()[-1] == (
-      'error: batch_size 12 is not divisible by the 8 devices; use a '
-      'multiple of 8')
+    proc = tu.run(str(tmp_path / 'run'), '--config.batch_size=12',
+                  num_devices=8, check=False)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'error: batch_size 12 is not divisible by the 8 devices; use a '
+        'multiple of 8')
 
 
 def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def test_two_processes_sigterm_agree_and_resume_on_another_mesh(
     one_device, eight_devices, tmp_path):
-  """2 processes x 1 device; SIGTERM reaches only process 1, yet both stop at
-  the same step with one checkpoint. The run then finishes on 1 process x 8
-  devices (restore onto another mesh) and matches the 1-device run."""
-  del eight_devices  # its compiled program is reused (persistent XLA cache)
-  workdir = str(tmp_path / 'run')
-  port = _free_port()
-  procs = [tu.start(workdir, *RUN, num_devices=1, extra=(
-      f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-      f'--process_id={i}')) for i in range(2)]
-  try:
-    tu.wait_for_checkpoint(procs[0], workdir, timeout=240)
-    procs[1].send_signal(signal.SIGTERM)
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 143, err[-3000:]
-  steps = {int(re.search(r'stopped by SIGTERM at step (\d+)', err).group(1))
-           for _, err in outs}
-  assert len(steps) == 1, steps  # both processes agreed
-  step = steps.pop()
-  assert step < 30 and step in tu.checkpoint_steps(workdir)
-  assert 'global batch 32 on 2 devices, 2 process(es)' in outs[0][1]
-  # Only process 0 writes metrics.
-  train_steps = [m['step'] for m in tu.metrics(workdir) if 'train_loss' in m]
-  assert len(train_steps) == len(set(train_steps)) and max(train_steps) <= step
-  rerun = tu.run(workdir, *RUN, num_devices=8)
-  assert f'resumed from checkpoint step {step}' in rerun.stderr
-  _assert_same_run(workdir, one_device)
+    """2 processes x 1 device; SIGTERM reaches only process 1, yet both stop at
+    the same step with one checkpoint. The run then finishes on 1 process x 8
+    devices (restore onto another mesh) and matches the 1-device run."""
+    del eight_devices  # its compiled program is reused (persistent XLA cache)
+    workdir = str(tmp_path / 'run')
+    port = _free_port()
+    procs = [tu.start(workdir, *RUN, num_devices=1, extra=(
+        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+        f'--process_id={i}')) for i in range(2)]
+    try:
+        tu.wait_for_checkpoint(procs[0], workdir, timeout=240)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 143, err[-3000:]
+    steps = {int(re.search(r'stopped by SIGTERM at step (\d+)', err).group(1))
+             for _, err in outs}
+    assert len(steps) == 1, steps  # both processes agreed
+    step = steps.pop()
+    assert step < 30 and step in tu.checkpoint_steps(workdir)
+    assert 'global batch 32 on 2 devices, 2 process(es)' in outs[0][1]
+    # Only process 0 writes metrics.
+    train_steps = [m['step'] for m in tu.metrics(workdir) if 'train_loss' in m]
+    assert len(train_steps) == len(set(train_steps)) and max(train_steps) <= step
+    rerun = tu.run(workdir, *RUN, num_devices=8)
+    assert f'resumed from checkpoint step {step}' in rerun.stderr
+    _assert_same_run(workdir, one_device)
