@@ -51,26 +51,14 @@ FIG6_BLOCKS = ('stage2_block2', 'stage3_block3', 'stage4_block5', 'stage5_block0
 
 
 def digits_data(image_size: int = 16, split: str = 'test'):
-    """scikit-learn's digits as `senet_jax.data` serves them: uint8 (N, S, S, 3), int32 labels.
-
-    Same fixed, stratified 80/20 split (random_state=0) and bilinear upsampling,
-    so a model trained with `configs/quickstart.py` is analysed on its own held-out set.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).astype(np.float32)[..., None]
-    images = jax.image.resize(images, (len(images), image_size, image_size, 1), 'linear')
-    images = np.repeat(np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8), 3, -1)
-    labels = digits.target.astype(np.int32)
-    tr_x, te_x, tr_y, te_y = train_test_split(
-        images, labels, test_size=0.2, random_state=0, stratify=labels)
-    if split == 'train':
-        return tr_x, tr_y
-    if split == 'test':
-        return te_x, te_y
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    """scikit-learn's digits exactly as the trainer serves them (`senet_jax.data`):
+    uint8 (N, S, S, 3) images and int32 labels of the fixed 80/20 split, so a model
+    trained with `configs/quickstart.py` is analysed on its own held-out set."""
+    from senet_jax.data import load_digits_split
+    if split not in ('train', 'test'):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    train_x, train_y, test_x, test_y = load_digits_split(image_size)
+    return (train_x, train_y) if split == 'train' else (test_x, test_y)
 
 
 def prepare(images):
