@@ -112,3 +112,23 @@ def test_cli_bad_input_is_one_sentence_and_exit_1(tmp_path):
                            capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 1, r.stderr
         assert message in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_init_from_refuses_weights_of_another_model(tmp_path):
+    import optax
+    from configs import quickstart
+    from senet_jax import trainer
+    from senet_jax.convert import save_converted
+    from senet_jax.errors import UserError
+    config = quickstart.get_config()
+    resnet18 = create_model('resnet18', num_classes=10)
+    save_converted(str(tmp_path / 'r18'), 'resnet18',
+                   resnet18.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    mini = trainer.create_model_from_config(config, 10)
+    state = trainer.create_train_state(jax.random.key(0), config, mini, optax.sgd(0.1))
+    config.init_from = str(tmp_path / 'r18')
+    with pytest.raises(UserError, match='holds resnet18 weights, which do not fit se_resnet_mini'):
+        trainer.load_init_from(config, state, 10)
+    config.init_from = str(tmp_path)            # a directory without converted weights
+    with pytest.raises(UserError, match='holds no converted weights'):
+        trainer.load_init_from(config, state, 10)
