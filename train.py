@@ -125,8 +125,11 @@ def _one_line(e: Exception) -> str:
     if 'Traceback' in text or isinstance(e, (OSError, ImportError)):
         # The config file itself failed; its last line says why.
         return 'cannot load the --config file: ' + text.splitlines()[-1].strip()
-    if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
-        text = text[1:-1]  # the repr inside a KeyError
+    while len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+        text = text[1:-1]  # the repr(s) inside a KeyError
+    if text.isidentifier():  # a bare KeyError: an override naming no field
+        return (f"the config has no field '{text}' (a --config.<field> override "
+                'must name a field of the --config file)')
     return ' '.join(text.replace('\\n', ' ').replace("\\'", "'").split())
 
 

@@ -11,7 +11,15 @@ def base_config() -> ml_collections.ConfigDict:
     """Fields every run has, with ImageNet-scale defaults."""
     c = ml_collections.ConfigDict()
     c.model = 'se_resnet50'
-    c.model_overrides = ml_collections.ConfigDict()  # e.g. {'reduction': 8}
+    # create_model options; the paper's SE options are placeholders (None = the
+    # model's default) so that e.g. --config.model_overrides.reduction=8 works.
+    c.model_overrides = ml_collections.ConfigDict({
+        'reduction': ml_collections.config_dict.placeholder(float),
+        'squeeze': ml_collections.config_dict.placeholder(str),
+        'gate': ml_collections.config_dict.placeholder(str),
+        'se_position': ml_collections.config_dict.placeholder(str),
+        'se_stages': ml_collections.config_dict.placeholder(tuple),
+    })
     # None = the model's own default (0.2 for senet154); a placeholder so that
     # --config.drop_rate=0.3 works.
     c.drop_rate = ml_collections.config_dict.placeholder(float)

@@ -80,7 +80,8 @@ def validate_config(config: ml_collections.ConfigDict):
 
 
 def create_model_from_config(config, num_classes: int):
-    overrides = dict(config.get('model_overrides', {}) or {})
+    overrides = {k: v for k, v in (config.get('model_overrides', {}) or {}).items()
+                 if v is not None}
     if config.get('drop_rate') is not None:
         overrides['drop_rate'] = config.drop_rate
     if config.half_precision:

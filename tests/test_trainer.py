@@ -197,6 +197,10 @@ def test_bad_config_is_a_user_error(tmp_path, override, message):
     ('--config.batch_size=abc', 'flag --config.batch_size=abc'),
     ('--config=configs/missing.py', 'cannot load the --config file: [Errno 2]'),
     ('--config=configs/se_resnet50.py:foo', "unknown recipe 'foo'"),
+    ('--config.model_overrides.reducton=8', 'Did you mean "reduction"'),
+    ('--config.model_overrides.xyz=8', "the config has no field 'xyz'"),
+    ('--config.model_overrides.reduction=0', 'reduction (r) must be at least 1'),
+    ('--config.model_overrides.se_position=middle', 'se_position must be one of'),
 ])
 def test_bad_flags_are_one_error_line(tmp_path, flag, message):
     import subprocess
