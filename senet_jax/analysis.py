@@ -431,7 +431,7 @@ def load_workdir(workdir: str, step: Optional[int] = None):
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     meta, state = restored['meta'], restored['state']
-    overrides = dict(meta.get('model_overrides') or {})
+    overrides = {k: v for k, v in (meta.get('model_overrides') or {}).items() if v is not None}
     if 'se_stages' in overrides:
         overrides['se_stages'] = tuple(overrides['se_stages'])
     model = create_model(meta['model'], num_classes=meta['num_classes'], **overrides)
