@@ -5,6 +5,7 @@ squeeze F_sq (global pooling to a channel descriptor z), excitation F_ex (two
 projections W1 (C -> C/r) and W2 (C/r -> C) with a ReLU between and a gate
 after), scale F_scale (channel-wise product of the gates s and the features U).
 """
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -96,9 +97,9 @@ class Conv1x1(nn.Module):
 
     Same parameter ('kernel', shape (1, 1, in, out)) and initialiser as
     `nn.Conv(features, (1, 1), strides)`; a stride s keeps every s-th row and
-    column, as a 1x1 convolution without padding does. A dot instead of a
-    convolution keeps XLA:CPU from transposing activations for the weight
-    gradient, which made the training step twice as slow.
+    column, as a 1x1 convolution without padding does. On XLA:CPU a dot with the
+    weight gradient of `channel_matmul` runs the training step about 1.7x as
+    fast as a convolution.
     """
     features: int
     strides: int = 1
@@ -113,13 +114,76 @@ class Conv1x1(nn.Module):
         if self.strides > 1:
             x = x[:, ::self.strides, ::self.strides, :]
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        return channel_matmul(x, kernel[0, 0])
+
+
+@jax.custom_vjp
+def channel_matmul(x, w):
+    """x @ w over the last axis of x; its weight gradient is laid out for XLA:CPU."""
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _channel_matmul_fwd(x, w):
+    return channel_matmul(x, w), (x, w)
+
+
+def _channel_matmul_bwd(residuals, g):
+    x, w = residuals
+    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
+    x = x.reshape(-1, x.shape[-1])
+    g = g.reshape(-1, g.shape[-1])
+    # dW = x^T g sums over every pixel, the leading axis of both operands, and
+    # XLA:CPU's fast matmul wants the summed axis last on the left. Transposing
+    # the narrower of the two explicitly is cheaper than letting XLA choose.
+    if x.shape[1] <= g.shape[1]:
+        dw = x.T @ g
+    else:
+        dw = (g.T @ x).T
+    return dx, dw.astype(w.dtype)
+
+
+channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
 def conv_padding(kernel_size: int, padding: Optional[int] = None):
     """Explicit symmetric padding, as PyTorch's `padding=k // 2` (never 'SAME')."""
     p = kernel_size // 2 if padding is None else padding
     return ((p, p), (p, p))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, window: int = 3, stride: int = 2, padding=((1, 1), (1, 1))):
+    """Max pooling over NHWC; padding counts as -inf. Same values as `nn.max_pool`."""
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    y = max_pool(x, window, stride, padding)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+    # Each window's gradient goes to its maximum, as in PyTorch, written as
+    # elementwise work on window**2 strided views: XLA:CPU's own gradient of a
+    # pooling window was the slowest operation of the training step.
+    x, y = residuals
+    (top, bottom), (left, right) = padding
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+    out_h, out_w = y.shape[1:3]
+    dxp, taken = 0, jnp.zeros(y.shape, bool)
+    for i in range(window):
+        for j in range(window):
+            view = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
+            first = (view == y) & ~taken   # the first maximum in raster order, as PyTorch
+            taken = taken | first
+            hit = jnp.where(first, g, 0)
+            dxp = dxp + jax.lax.pad(hit, jnp.zeros((), g.dtype), (
+                (0, 0, 0), (i, xp.shape[1] - i - (out_h - 1) * stride - 1, stride - 1),
+                (j, xp.shape[2] - j - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)))
+    return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def max_pool_ceil(x, window: int = 3, stride: int = 2):
@@ -134,4 +198,5 @@ def max_pool_ceil(x, window: int = 3, stride: int = 2):
         if (out - 1) * stride >= size:
             out -= 1
         pads.append((0, max(0, (out - 1) * stride + window - size)))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    return max_pool(x, window, stride, tuple(pads))
+

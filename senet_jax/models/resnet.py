@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import Conv1x1, SqueezeExcite, conv_padding, max_pool_ceil
+from senet_jax.layers import Conv1x1, SqueezeExcite, conv_padding, max_pool, max_pool_ceil
 
 Dtype = Any
 
@@ -177,7 +177,7 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be '7x7', 'deep' or 'small', got '{self.stem}'.")
         features['stem'] = x
         if self.stem_pool == 'pad':
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, 3, 2, ((1, 1), (1, 1)))
         elif self.stem_pool == 'ceil':
             x = max_pool_ceil(x, 3, 2)
 
