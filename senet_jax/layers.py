@@ -200,3 +200,78 @@ def max_pool_ceil(x, window: int = 3, stride: int = 2):
         pads.append((0, max(0, (out - 1) * stride + window - size)))
     return max_pool(x, window, stride, tuple(pads))
 
+
+class BatchNorm(nn.Module):
+    """Batch normalisation with `nn.BatchNorm`'s variables, statistics and results.
+
+    Same parameters ('scale', 'bias'), running statistics ('mean', 'var' in
+    'batch_stats', biased variance, `momentum` as in Flax) and arithmetic as
+    `nn.BatchNorm` over every axis but the last. In training the gradient is
+    written by hand (`batch_norm_train`): it keeps the input, not the centred
+    input, for the backward pass, which saves a pass over every activation.
+    """
+    use_running_average: bool = False
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    scale_init: Any = nn.initializers.ones
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        features = (x.shape[-1],)
+        ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
+        ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param('scale', self.scale_init, features, self.param_dtype)
+        bias = self.param('bias', self.bias_init, features, self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, scale, bias)
+        if self.use_running_average:
+            y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+        else:
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y.astype(dtype)
+
+
+def _batch_stats(x):
+    axes = tuple(range(x.ndim - 1))
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = x.mean(axes)
+    return mean, jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+    """(y, mean, var): x normalised with its own statistics over all but the last axis."""
+    mean, var = _batch_stats(x)
+    return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+    y, mean, var = batch_norm_train(x, scale, bias, epsilon)
+    return (y, mean, var), (x, scale, mean, var)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+    x, scale, mean, var = residuals
+    gy, gmean, gvar = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    inv = jax.lax.rsqrt(var + epsilon)
+    x_dtype = x.dtype
+    gy, x = gy.astype(mean.dtype), x.astype(mean.dtype)
+    gbias = gy.sum(axes)
+    # sum(gy * (x - mean)) from sums over gy and x themselves, so that x - mean
+    # is never written out whole.
+    gscale = ((gy * x).sum(axes) - mean * gbias) * inv
+    centred = x - mean
+    # d/dx of y, then of the two statistics (which feed only the running averages).
+    gx = (scale * inv) * (gy - gbias / n - centred * (inv * gscale / n))
+    gx = gx + gmean / n + centred * (2 * gvar / n)
+    return gx.astype(x_dtype), gscale.astype(scale.dtype), gbias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)

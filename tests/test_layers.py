@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax.layers import channel_matmul, max_pool, max_pool_ceil
+from senet_jax.layers import BatchNorm, batch_norm_train, channel_matmul, max_pool, max_pool_ceil
 
 
 @pytest.mark.parametrize('cin,cout', [(16, 48), (48, 16)])   # both weight-gradient branches
@@ -62,3 +62,52 @@ def test_max_pool_values_and_pytorch_gradient(size, ceil):
     np.testing.assert_allclose(dx, reference_max_pool_grad(np.asarray(x), np.asarray(g), 3, 2, pads),
                                rtol=1e-6, atol=1e-6)
 
+
+@pytest.mark.parametrize('train', [True, False])
+def test_batch_norm_matches_flax(train):
+    x = jax.random.normal(jax.random.key(1), (4, 5, 3, 6)) * 3 + 1
+    ours, flax_bn = (BatchNorm(momentum=0.9, use_running_average=not train),
+                     nn.BatchNorm(momentum=0.9, use_running_average=not train))
+    variables = flax_bn.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+    variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.key(2), v.shape), variables)
+    g = jax.random.normal(jax.random.key(3), x.shape)
+
+    def run(module):
+        def loss(params, x):
+            y, new = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+            return jnp.sum(y * g), (y, new)
+        (_, (y, new)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            variables['params'], x)
+        return y, new, grads
+    for a, b in zip(jax.tree.leaves(run(ours)), jax.tree.leaves(run(flax_bn))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_gradient_through_its_statistics():
+    x = jax.random.normal(jax.random.key(1), (3, 4, 2, 5)) + 2
+    scale, bias = jnp.linspace(0.5, 2, 5), jnp.linspace(-1, 1, 5)
+
+    def plain(x, scale, bias):
+        mean = x.mean((0, 1, 2))
+        var = (x * x).mean((0, 1, 2)) - mean * mean
+        return (x - mean) * (jax.lax.rsqrt(var + 1e-5) * scale) + bias, mean, var
+    weights = [jax.random.normal(jax.random.key(i), s) for i, s in enumerate([x.shape, (5,), (5,)])]
+    loss = lambda f: lambda *a: sum(jnp.sum(w * o) for w, o in zip(weights, f(*a)))
+    ours = jax.grad(loss(lambda *a: batch_norm_train(*a, 1e-5)), argnums=(0, 1, 2))(x, scale, bias)
+    want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
+    for a, b in zip(ours, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_hand_written_gradients_work_in_bfloat16():
+    from senet_jax import create_model
+    model = create_model('se_resnet_mini', dtype=jnp.bfloat16, num_classes=10)
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = model.init(jax.random.key(1), x)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+        return logits.sum()
+    grads = jax.grad(loss)(variables['params'])
+    assert all(g.dtype == jnp.float32 and jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import Conv1x1, SqueezeExcite, conv_padding, max_pool, max_pool_ceil
+from senet_jax.layers import BatchNorm, Conv1x1, SqueezeExcite, conv_padding, max_pool, max_pool_ceil
 
 Dtype = Any
 
@@ -60,7 +60,7 @@ class ResidualBlock(nn.Module):
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
         conv1x1 = functools.partial(Conv1x1, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
         # block every gradient to that branch forever: start such branches at 1.
@@ -158,7 +158,7 @@ class ResNet(nn.Module):
         self._check()
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
         x = x.astype(self.dtype or x.dtype)
         features = {}
