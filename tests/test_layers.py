@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax.layers import BatchNorm, batch_norm_train, channel_matmul, max_pool, max_pool_ceil
+from senet_jax.layers import (BatchNorm, batch_norm_train, channel_matmul, materialize, max_pool,
+                              max_pool_ceil)
 
 
 @pytest.mark.parametrize('cin,cout', [(16, 48), (48, 16)])   # both weight-gradient branches
@@ -111,3 +112,13 @@ def test_hand_written_gradients_work_in_bfloat16():
         return logits.sum()
     grads = jax.grad(loss)(variables['params'])
     assert all(g.dtype == jnp.float32 and jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_materialize_is_an_exact_identity(dtype):
+    x = (jax.random.normal(jax.random.key(0), (2, 3, 4, 5)) * 1e3).astype(dtype)
+    anchor = jnp.array([0.0, 7.0])   # a zero-initialised scale is a valid anchor
+    y, vjp = jax.vjp(lambda v: materialize(v, anchor), x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(x, np.float32))
+    np.testing.assert_array_equal(np.asarray(vjp(x)[0], np.float32), np.asarray(x, np.float32))

@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import BatchNorm, Conv1x1, SqueezeExcite, conv_padding, max_pool, max_pool_ceil
+from senet_jax.layers import (BatchNorm, Conv1x1, SqueezeExcite, conv_padding, materialize,
+                              max_pool, max_pool_ceil)
 
 Dtype = Any
 
@@ -104,7 +105,9 @@ class ResidualBlock(nn.Module):
                                 padding=conv_padding(k), name='downsample_conv')(x)
             shortcut = norm(name='downsample_bn')(shortcut)
         shortcut = se('identity')(shortcut)
-        return se('post')(nn.relu(y + shortcut))
+        # Written out once: the next block reads it in several places (see materialize).
+        last_bn_scale = self.variables['params']['bn3' if self.bottleneck else 'bn2']['scale']
+        return materialize(se('post')(nn.relu(y + shortcut)), anchor=last_bn_scale)
 
 
 class ResNet(nn.Module):
