@@ -36,10 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from senet_jax.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from senet_jax.models import create_model, normalize_images, set_overrides
 
-MEAN_RGB = np.asarray(IMAGENET_MEAN, np.float32) * 255
-STD_RGB = np.asarray(IMAGENET_STD, np.float32) * 255
 CRITERIA = ('se_gate', 'l1_weight', 'random')
 # The blocks Fig. 6 of the paper shows for SE-ResNet-50: SE_2_3, SE_3_4, SE_4_6, SE_5_1..3.
 FIG6_BLOCKS = ('stage2_block2', 'stage3_block3', 'stage4_block5', 'stage5_block0',
@@ -64,7 +62,7 @@ def digits_data(image_size: int = 16, split: str = 'test'):
 def prepare(images):
     """uint8 images -> ImageNet-normalised float32 (as the trainer); floats unchanged."""
     if jnp.issubdtype(images.dtype, jnp.integer):
-        return (images.astype(jnp.float32) - MEAN_RGB) / STD_RGB
+        return normalize_images(images)
     return images
 
 
@@ -431,10 +429,8 @@ def load_workdir(workdir: str, step: Optional[int] = None):
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     meta, state = restored['meta'], restored['state']
-    overrides = {k: v for k, v in (meta.get('model_overrides') or {}).items() if v is not None}
-    if 'se_stages' in overrides:
-        overrides['se_stages'] = tuple(overrides['se_stages'])
-    model = create_model(meta['model'], num_classes=meta['num_classes'], **overrides)
+    model = create_model(meta['model'], num_classes=meta['num_classes'],
+                         **set_overrides(meta.get('model_overrides')))
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
     return model, variables, meta
 

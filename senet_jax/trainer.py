@@ -29,11 +29,8 @@ from senet_jax import checkpoint as checkpoint_lib
 from senet_jax import data as data_lib
 from senet_jax import sharding as sharding_lib
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
-from senet_jax.models import (IMAGENET_MEAN, IMAGENET_STD, create_model,
-                              list_models, min_input_size)
-
-MEAN_RGB = np.asarray(IMAGENET_MEAN, np.float32) * 255
-STDDEV_RGB = np.asarray(IMAGENET_STD, np.float32) * 255
+from senet_jax.models import (create_model, list_models, min_input_size, normalize_images,
+                              set_overrides)
 
 
 class TrainState(train_state.TrainState):
@@ -80,8 +77,7 @@ def validate_config(config: ml_collections.ConfigDict):
 
 
 def create_model_from_config(config, num_classes: int):
-    overrides = {k: v for k, v in (config.get('model_overrides', {}) or {}).items()
-                 if v is not None}
+    overrides = set_overrides(config.get('model_overrides'))
     if config.get('drop_rate') is not None:
         overrides['drop_rate'] = config.drop_rate
     if config.half_precision:
@@ -149,10 +145,6 @@ def create_train_state(rng, config, model, tx) -> TrainState:
 # Steps.
 
 
-def normalize(images, dtype):
-    return ((images.astype(jnp.float32) - MEAN_RGB) / STDDEV_RGB).astype(dtype)
-
-
 def cross_entropy_loss(logits, labels, num_classes, label_smoothing=0.0):
     one_hot = jax.nn.one_hot(labels, num_classes)
     if label_smoothing:
@@ -174,7 +166,7 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     position); metrics['finite'] tells the host, which stops or counts it.
     """
     rng = jax.random.fold_in(dropout_rng, state.step)
-    images = normalize(batch['image'], dtype)
+    images = normalize_images(batch['image'], dtype)
 
     def loss_fn(params):
         logits, new_model_state = state.apply_fn(
@@ -206,7 +198,7 @@ def eval_step(state, batch, *, num_classes, dtype):
     """Masked sums over the global batch (padding rows have mask 0)."""
     logits = state.apply_fn(
         {'params': state.params, 'batch_stats': state.batch_stats},
-        normalize(batch['image'], dtype), train=False).astype(jnp.float32)
+        normalize_images(batch['image'], dtype), train=False).astype(jnp.float32)
     mask = batch['mask']
     labels = batch['label']
     loss = cross_entropy_loss(logits, labels, num_classes)

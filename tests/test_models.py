@@ -186,3 +186,13 @@ def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
     assert float(jnp.abs(grads['stage2_block0']['conv1']['kernel']).max()) > 0
     variables = create_model('se_resnet50', num_classes=3, **TINY).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     assert float(jnp.abs(variables['params']['stage2_block0']['bn3']['scale']).max()) == 0  # sigmoid: zero-init kept
+
+
+def test_config_overrides_and_input_normalisation_helpers():
+    from senet_jax.models import IMAGENET_MEAN, normalize_images, set_overrides
+    assert set_overrides({'reduction': None, 'gate': 'tanh', 'se_stages': [4, 5]}) == {
+        'gate': 'tanh', 'se_stages': (4, 5)}
+    assert set_overrides(None) == {}
+    mean_colour = jnp.asarray(np.round(np.asarray(IMAGENET_MEAN) * 255), jnp.uint8)[None, None, None]
+    out = normalize_images(mean_colour, jnp.bfloat16)
+    assert out.dtype == jnp.bfloat16 and float(jnp.abs(out.astype(jnp.float32)).max()) < 0.01

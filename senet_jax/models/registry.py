@@ -6,13 +6,36 @@ number for number (timm 1.0 names) and that reference's state_dict layout
 """
 import dataclasses
 import difflib
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+
+import jax.numpy as jnp
+import numpy as np
 
 from senet_jax.models.resnet import SE_POSITIONS, STAGES, ResNet
 from senet_jax.layers import GATES, SQUEEZES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(images, dtype=jnp.float32):
+    """uint8 RGB in [0, 255] -> the ImageNet-normalised input every zoo model expects."""
+    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+    std = np.asarray(IMAGENET_STD, np.float32) * 255
+    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The `create_model` arguments a config's `model_overrides` sets.
+
+    Config placeholders are None and mean "the model's default"; they are
+    dropped here rather than in `create_model`, where None can be a real
+    choice (`stem_pool=None`). Stage lists (from JSON) become tuples.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if 'se_stages' in given:
+        given['se_stages'] = tuple(given['se_stages'])
+    return given
 
 
 class ModelSpec(NamedTuple):
