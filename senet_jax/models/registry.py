@@ -19,7 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_images(images, dtype=jnp.float32):
-    """uint8 RGB in [0, 255] -> the ImageNet-normalised input every zoo model expects."""
+    """RGB in [0, 255] (uint8 or float) -> the ImageNet-normalised input the zoo models expect."""
     mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
     std = np.asarray(IMAGENET_STD, np.float32) * 255
     return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
