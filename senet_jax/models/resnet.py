@@ -30,6 +30,14 @@ SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
 STAGES = (2, 3, 4, 5)
 
 
+def _conv_and_norm(train, dtype, param_dtype):
+    """Bias-free convolution and BatchNorm (PyTorch's momentum and epsilon) for every layer."""
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype)
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=dtype, param_dtype=param_dtype)
+    return conv, norm
+
+
 class ResidualBlock(nn.Module):
     """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual unit, with optional SE.
 
@@ -58,11 +66,8 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
         conv1x1 = functools.partial(Conv1x1, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
         # block every gradient to that branch forever: start such branches at 1.
         dead_gate = (self.se is not None and self.se_position == 'standard'
@@ -159,10 +164,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         self._check()
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
         x = x.astype(self.dtype or x.dtype)
         features = {}
 
