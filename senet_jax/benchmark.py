@@ -1,13 +1,17 @@
 """Throughput of a zoo model's inference or training step, optionally beside timm.
 
     python -m senet_jax.benchmark --model se_resnet50 --batch-size 8 --image-size 224 \\
-        --mode train [--dtype float32|bfloat16] [--steps 20] [--compare timm] [--json]
+        --mode train [--dtype float32|bfloat16] [--steps 20] [--compare timm] \\
+        [--baseline resnet50] [--json]
     python -m senet_jax.benchmark --input-pipeline DIR [--image-size 224]
 
 The training step is the trainer's: softmax cross-entropy, backward, SGD with
 momentum, BatchNorm statistics updated. Times are medians over `--rounds` rounds
 of `--steps` steps after compilation; with `--compare timm` the two frameworks
 run in alternating rounds in the same process, so drift hits both alike.
+`--baseline resnet50` times a second zoo model the same way, which is how the
+cost of the SE blocks is measured: `overhead_vs_baseline` is our step time over the
+baseline's.
 """
 import argparse
 import json
@@ -132,19 +136,25 @@ def benchmark(args):
     block = jax.block_until_ready
     for _ in range(args.warmup):
         block(run())
-    others = {}
+    others = {}   # name -> (run, block), timed in rounds alternating with ours
     if args.compare == 'timm':
         reference = model_spec(args.model).reference
         if reference is None:
-            raise SystemExit(f'error: {args.model} has no timm reference to compare with.')
-        others['timm'] = torch_step(reference, args.batch_size, args.image_size, args.mode, args.dtype)
+            raise ValueError(f'{args.model} has no timm reference to compare with.')
+        others['timm'] = (torch_step(reference, args.batch_size, args.image_size, args.mode, args.dtype),
+                          lambda out: None)
+    if args.baseline:
+        model_spec(args.baseline)   # an unknown name fails here, before anything is timed
+        others[args.baseline] = (jax_step(args.baseline, args.batch_size, args.image_size,
+                                          args.mode, args.dtype)[0], block)
+    for fn, done in others.values():
         for _ in range(args.warmup):
-            others['timm']()
+            done(fn())
     times = {'jax': [], **{k: [] for k in others}}
     for _ in range(args.rounds):
         times['jax'].append(_time_round(run, args.steps, block))
-        for k, fn in others.items():
-            times[k].append(_time_round(fn, args.steps, lambda out: None))
+        for k, (fn, done) in others.items():
+            times[k].append(_time_round(fn, args.steps, done))
     step = statistics.median(times['jax'])
     device = jax.devices()[0]
     flops_per_step = flops * args.batch_size * (3 if args.mode == 'train' else 1)
@@ -158,10 +168,18 @@ def benchmark(args):
         'peak_memory_gb': mem / 2**30 if mem else None,
         'mfu': flops_per_step / step / peak if peak else None,
     }
-    for k in others:
-        other = statistics.median(times[k])
-        result[f'{k}_images_per_sec'] = args.batch_size / other
-        result[f'speedup_vs_{k}'] = other / step
+    if 'timm' in others:
+        other = statistics.median(times['timm'])
+        result['timm_images_per_sec'] = args.batch_size / other
+        result['speedup_vs_timm'] = other / step
+    if args.baseline:
+        other = statistics.median(times[args.baseline])
+        result['baseline'] = args.baseline
+        result['baseline_images_per_sec'] = args.batch_size / other
+        # Also the median of per-round ratios: adjacent rounds share the machine's drift.
+        result['overhead_vs_baseline'] = step / other
+        result['overhead_vs_baseline_paired'] = statistics.median(
+            a / b for a, b in zip(times['jax'], times[args.baseline]))
     return result
 
 
@@ -209,6 +227,8 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--compare', choices=('timm',), default=None)
+    p.add_argument('--baseline', metavar='MODEL', default=None,
+                   help='a second zoo model (e.g. resnet50) timed in alternating rounds')
     p.add_argument('--input-pipeline', metavar='DIR', default=None)
     p.add_argument('--num-images', type=int, default=2000)
     p.add_argument('--json', action='store_true', help='print one JSON object')

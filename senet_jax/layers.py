@@ -62,7 +62,11 @@ class SqueezeExcite(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, u):
+    def __call__(self, u, squeezed=None):
+        """u * s; or, given `squeezed` (the descriptor z of an avg squeeze the
+        caller computed already, shape (N, C)), the gates s alone."""
+        if squeezed is not None:
+            u = squeezed[:, None, None, :]   # stands in for u: only its shape and dtype are read
         if self.squeeze not in SQUEEZES:
             raise ValueError(f"squeeze must be one of {SQUEEZES}, got '{self.squeeze}'.")
         if self.gate not in GATES:
@@ -71,7 +75,11 @@ class SqueezeExcite(nn.Module):
         width = reduced_width(channels, self.reduction, self.divisor, self.min_width)
 
         # Squeeze: global information embedding, z in R^C (Eq. 2).
-        if self.squeeze == 'avg':
+        if squeezed is not None:
+            if self.squeeze != 'avg':
+                raise ValueError(f"a squeezed descriptor stands for squeeze='avg', not '{self.squeeze}'.")
+            z = squeezed
+        elif self.squeeze == 'avg':
             z = jnp.mean(u, axis=(1, 2), dtype=jnp.float32).astype(u.dtype)
         elif self.squeeze == 'max':
             z = jnp.max(u, axis=(1, 2))
@@ -86,6 +94,8 @@ class SqueezeExcite(nn.Module):
         s = dense(channels, 'fc2')(s)
         s = {'sigmoid': nn.sigmoid, 'tanh': jnp.tanh, 'relu': nn.relu}[self.gate](s)
         self.sow('intermediates', 'gate', s)
+        if squeezed is not None:
+            return s
         # Scale: channel-wise multiplication (Eq. 4).
         if self.squeeze != 'none':
             s = s[:, None, None, :]
@@ -219,21 +229,42 @@ class BatchNorm(nn.Module):
     bias_init: Any = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, return_affine: bool = False):
+        """BN(x); or, with `return_affine`, (a, b, m) such that BN(x) = x * a + b
+        per channel, and m the per-example spatial mean of NHWC x, all float32.
+
+        The second form lets a caller fold the normalisation into its own
+        elementwise work (the SE block's squeeze is a * m + b): the statistics
+        are sums over x, so autodiff's gradient is elementwise too.
+        """
         features = (x.shape[-1],)
         ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
         ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
         scale = self.param('scale', self.scale_init, features, self.param_dtype)
         bias = self.param('bias', self.bias_init, features, self.param_dtype)
         dtype = self.dtype or jnp.result_type(x, scale, bias)
+        if return_affine:
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            m = xf.mean((1, 2))
+            if self.use_running_average:
+                mean, var = ra_mean.value, ra_var.value
+            else:
+                mean = m.mean(0)
+                var = jnp.maximum(0.0, (xf * xf).mean((0, 1, 2)) - mean * mean)
+                self._update_running(ra_mean, ra_var, mean, var)
+            a = jax.lax.rsqrt(var + self.epsilon) * scale
+            return a, bias - mean * a, m
         if self.use_running_average:
             y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
         else:
             y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
-            if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            self._update_running(ra_mean, ra_var, mean, var)
         return y.astype(dtype)
+
+    def _update_running(self, ra_mean, ra_var, mean, var):
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
 
 
 def _batch_stats(x):

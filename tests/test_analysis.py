@@ -59,8 +59,11 @@ def test_gates_equal_a_manual_excitation(trained, digits):
     for block, channels in zip(gates, (16, 32, 64, 128)):
         assert gates[block].shape == (7, channels)
     # stage4_block0 (basic block, standard position): s = sigmoid(W2 relu(W1 mean(U))),
-    # with U the output of the branch's last BN.
-    u = np.asarray(_captured(model, variables, images)['stage4_block0']['bn2']['__call__'][0])
+    # with U the output of the branch's last BN, which the fused block hands over
+    # as BN(x) = x * a + b.
+    captured = _captured(model, variables, images)['stage4_block0']
+    a, b, _ = captured['bn2']['__call__'][0]
+    u = np.asarray(captured['conv2']['__call__'][0]) * np.asarray(a) + np.asarray(b)
     se = variables['params']['stage4_block0']['se']
     z = u.mean(axis=(1, 2))
     h = np.maximum(z @ np.asarray(se['fc1']['kernel']) + np.asarray(se['fc1']['bias']), 0)
@@ -173,9 +176,11 @@ def test_pruning_zeroes_exactly_the_chosen_channels(trained, digits):
             if name != 'bn2':
                 jax.tree.map(np.testing.assert_array_equal, variables['params'][b][name],
                              pruned['params'][b][name])
-    # The pruned channels' branch output (the SE block's output) is zero.
-    se_out = np.asarray(_captured(model, pruned, digits[1][0][:5])
-                        ['stage3_block0']['se']['__call__'][0])
+    # The pruned channels' branch output (the SE block's output, BN(x) * s) is zero.
+    captured = _captured(model, pruned, digits[1][0][:5])['stage3_block0']
+    a, b, _ = (np.asarray(v) for v in captured['bn2']['__call__'][0])
+    gates = np.asarray(captured['se']['__call__'][0])[:, None, None, :]
+    se_out = (np.asarray(captured['conv2']['__call__'][0]) * a + b) * gates
     assert np.all(se_out[..., [1, 5, 30]] == 0)
     assert np.all(np.abs(se_out[..., [0, 2, 3]]).max(axis=(0, 1, 2)) > 0)
 

@@ -17,6 +17,17 @@ def test_benchmark_prints_one_json_object(mode, capsys):
     assert result['gmacs_per_image'] > 0 and result['mode'] == mode
 
 
+def test_baseline_is_timed_beside_the_model(capsys):
+    assert benchmark.main(['--model', 'se_resnet_mini', '--baseline', 'resnet_mini', '--batch-size', '2',
+                           '--image-size', '16', '--steps', '1', '--rounds', '2', '--warmup', '1',
+                           '--json']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['baseline'] == 'resnet_mini' and result['baseline_images_per_sec'] > 0
+    ratio = result['baseline_images_per_sec'] / result['images_per_sec']
+    assert result['overhead_vs_baseline'] == pytest.approx(ratio)
+    assert result['overhead_vs_baseline_paired'] > 0
+
+
 def test_input_pipeline_benchmark_on_an_image_folder(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(4):
@@ -32,3 +43,7 @@ def test_bad_arguments_exit_1(capsys):
     assert 'must be positive' in capsys.readouterr().err
     assert benchmark.main(['--model', 'se_resnet5']) == 1
     assert "Did you mean 'se_resnet50'" in capsys.readouterr().err
+    assert benchmark.main(['--model', 'se_resnet_mini', '--baseline', 'resnet5']) == 1
+    assert "Unknown model 'resnet5'" in capsys.readouterr().err
+    assert benchmark.main(['--model', 'se_resnet_mini', '--compare', 'timm']) == 1
+    assert 'no timm reference' in capsys.readouterr().err

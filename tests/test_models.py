@@ -1,4 +1,5 @@
 """The SE block and the model family: paper parameter counts, every option, dtypes, errors."""
+import functools
 import math
 
 import jax
@@ -196,3 +197,35 @@ def test_config_overrides_and_input_normalisation_helpers():
     mean_colour = jnp.asarray(np.round(np.asarray(IMAGENET_MEAN) * 255), jnp.uint8)[None, None, None]
     out = normalize_images(mean_colour, jnp.bfloat16)
     assert out.dtype == jnp.bfloat16 and float(jnp.abs(out.astype(jnp.float32)).max()) < 0.01
+
+
+@pytest.mark.parametrize('bottleneck', [True, False])
+def test_fused_se_block_equals_the_steps_spelled_out(bottleneck):
+    """The fused BN + SE + addition + ReLU: same outputs, statistics, gates and gradients."""
+    from senet_jax.models.resnet import ResidualBlock
+    se = functools.partial(SqueezeExcite, reduction=4)
+    kw = dict(features=32, width=8 if bottleneck else 32, bottleneck=bottleneck, stride=2, se=se,
+              zero_init_last=False)
+    fused, plain = ResidualBlock(**kw), ResidualBlock(**kw, fuse_se=False)
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 16))
+    v = plain.init(jax.random.key(1), x)
+    # Non-trivial BN parameters and running statistics, so that every term shows.
+    v = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), v)
+    v['batch_stats'] = jax.tree.map(jnp.abs, v['batch_stats'])
+
+    def run(block, params, x, train):
+        out, new = block.apply({**v, 'params': params}, x, train=train,
+                               mutable=['batch_stats', 'intermediates'])
+        return out, new
+
+    for train in (True, False):
+        (got, gnew), (want, wnew) = (run(b, v['params'], x, train) for b in (fused, plain))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(gnew), jax.tree.leaves(wnew)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    loss = lambda block: lambda p, x: jnp.sum(jnp.sin(run(block, p, x, True)[0]))
+    (gp, gx), (wp, wx) = (jax.grad(loss(b), argnums=(0, 1))(v['params'], x) for b in (fused, plain))
+    np.testing.assert_allclose(gx, wx, rtol=1e-4, atol=1e-5)
+    assert jax.tree.structure(gp) == jax.tree.structure(wp)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(gp), jax.tree.leaves(wp)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))

@@ -78,9 +78,10 @@ _register('senet154', 'legacy_senet154', 'legacy', **_LEGACY, layers=_DEPTHS[152
           downsample_kernel=3, drop_rate=0.2)
 # A small SE-ResNet for tiny images (the digits quickstart, tests): one basic block a
 # stage, a 3x3 stride-1 stem, no stem pool, total stride 8.
-_register('se_resnet_mini', None, 'timm', layers=(1, 1, 1, 1), bottleneck=False,
-          widths=(16, 32, 64, 128), stem='small', stem_width=16, stem_pool=None,
-          reduction=4, se_divisor=1)
+_MINI = dict(layers=(1, 1, 1, 1), bottleneck=False, widths=(16, 32, 64, 128), stem='small',
+             stem_width=16, stem_pool=None)
+_register('se_resnet_mini', None, 'timm', reduction=4, se_divisor=1, **_MINI)
+_register('resnet_mini', None, 'timm', se_stages=(), **_MINI)   # its plain baseline
 
 _OVERRIDABLE = {f.name for f in dataclasses.fields(ResNet)} - {'parent', 'name'}
 

@@ -61,6 +61,10 @@ class ResidualBlock(nn.Module):
     se: Optional[Any] = None      # a SqueezeExcite partial, or None for no SE
     se_position: str = 'standard'
     zero_init_last: bool = True   # last BN scale starts at 0 (Goyal et al.), as timm
+    # The standard avg-squeeze SE block: its last BN, scale, addition and ReLU in
+    # one elementwise pass (see _fused_se_output). False spells the steps out one
+    # by one; the results agree to rounding.
+    fuse_se: bool = True
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
@@ -76,6 +80,10 @@ class ResidualBlock(nn.Module):
         last_scale = nn.initializers.zeros if zero_init else nn.initializers.ones
         se = (lambda pos: self.se(name='se') if self.se is not None and pos == self.se_position
               else (lambda v: v))
+        fused = (self.fuse_se and self.se is not None and self.se_position == 'standard'
+                 and self.se.keywords.get('squeeze', 'avg') == 'avg' and not self.act_before_se)
+        last_norm = lambda y: norm(scale_init=last_scale, name='bn3' if self.bottleneck else 'bn2')(
+            y, return_affine=fused)
 
         y = se('pre')(x)
         if self.bottleneck:
@@ -87,7 +95,6 @@ class ResidualBlock(nn.Module):
             y = nn.relu(norm(name='bn2')(y))
             y = se('3x3')(y)
             y = conv1x1(self.features, name='conv3')(y)
-            y = norm(scale_init=last_scale, name='bn3')(y)
         else:
             y = conv(self.width, (3, 3), (self.stride, self.stride), padding=conv_padding(3),
                      name='conv1')(y)
@@ -95,10 +102,14 @@ class ResidualBlock(nn.Module):
             y = se('3x3')(y)
             y = conv(self.features, (3, 3), padding=conv_padding(3), feature_group_count=self.groups,
                      name='conv2')(y)
-            y = norm(scale_init=last_scale, name='bn2')(y)
+        if fused:
+            a, b, m = last_norm(y)
+            s = self.se(name='se')(None, squeezed=(a * m + b).astype(y.dtype))
+        else:
+            y = last_norm(y)
             if self.act_before_se:
                 y = nn.relu(y)
-        y = se('standard')(y)
+            y = se('standard')(y)
 
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
@@ -110,9 +121,27 @@ class ResidualBlock(nn.Module):
                                 padding=conv_padding(k), name='downsample_conv')(x)
             shortcut = norm(name='downsample_bn')(shortcut)
         shortcut = se('identity')(shortcut)
+        if fused:
+            out = _fused_se_output(y, a, b, s, shortcut)
+        else:
+            out = nn.relu(y + shortcut)
         # Written out once: the next block reads it in several places (see materialize).
         last_bn_scale = self.variables['params']['bn3' if self.bottleneck else 'bn2']['scale']
-        return materialize(se('post')(nn.relu(y + shortcut)), anchor=last_bn_scale)
+        return materialize(se('post')(out), anchor=last_bn_scale)
+
+
+def _fused_se_output(u, a, b, s, shortcut):
+    """relu(BN(u) * s + shortcut) with BN(u) = u * a + b, as (u * (a s) + b s) + shortcut.
+
+    The normalised branch is never written out: the squeeze came from the BN's
+    own per-example sums, and the gradient of this one expression has the
+    passes of a plain block (sums of g and g * u per example and channel, then
+    one elementwise pass), where spelling the steps out costs the SE block a
+    saved activation and two more passes over it.
+    """
+    scale = (a * s.astype(a.dtype))[:, None, None, :]
+    shift = (b * s.astype(b.dtype))[:, None, None, :]
+    return nn.relu(u * scale + shift + shortcut).astype(u.dtype)
 
 
 class ResNet(nn.Module):
