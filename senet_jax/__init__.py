@@ -1,6 +1,7 @@
 """senet-jax: Squeeze-and-Excitation Networks in JAX/Flax."""
 from senet_jax.layers import SqueezeExcite, reduced_width
 from senet_jax.models import ResNet, create_model, list_models
+from senet_jax import xla_cpu  # noqa: F401  (senet_jax.xla_cpu.compiler_options)
 
 __version__ = '0.1.0'
 

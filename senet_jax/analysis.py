@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from senet_jax import xla_cpu
 from senet_jax.models import create_model, normalize_images, set_overrides
 
 CRITERIA = ('se_gate', 'l1_weight', 'random')
@@ -132,7 +133,7 @@ class GateStats:
 # Cached per (model, classes): repeated analyses of one architecture compile once.
 @functools.lru_cache(maxsize=16)
 def _stats_step(model, num_classes):
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
     def step(variables, images, labels, mask):
         logits, gates = gates_and_logits(model, variables, images)
         onehot = jax.nn.one_hot(labels, num_classes) * mask[:, None]
@@ -321,7 +322,7 @@ def prune_channels(model, variables, channels: Dict[str, np.ndarray]):
 
 @functools.lru_cache(maxsize=16)
 def _accuracy_fn(model):
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
     def correct(variables, images, labels, mask):
         logits, _ = gates_and_logits(model, variables, images)
         return jnp.sum((jnp.argmax(logits, -1) == labels) * mask), jnp.sum(mask)
@@ -386,7 +387,7 @@ def _train_step(model, weight_decay: float):
     """One SGD step; the learning rate is an argument, so every schedule shares the compile."""
     tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=0.9))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
     def step(params, batch_stats, opt_state, x, y, learning_rate):
         def loss_fn(p):
             logits, new = model.apply({'params': p, 'batch_stats': batch_stats}, prepare(x),

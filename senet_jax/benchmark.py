@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from senet_jax import xla_cpu
 from senet_jax.models import create_model, model_spec
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (public spec sheets).
@@ -66,7 +67,8 @@ def jax_step(model_name, batch_size, image_size, mode, dtype):
         state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
 
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
+    compiled = jax.jit(step, donate_argnums=0, compiler_options=xla_cpu.compiler_options()).lower(
+        state, images, labels).compile()
     compile_s = time.perf_counter() - start
     forward = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images[:1]).compile()
     cost = forward.cost_analysis()

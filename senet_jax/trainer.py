@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from senet_jax import checkpoint as checkpoint_lib
 from senet_jax import data as data_lib
 from senet_jax import sharding as sharding_lib
+from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.models import (create_model, list_models, min_input_size, normalize_images,
                               set_overrides)
@@ -350,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return state
 
     eval_fn = jax.jit(functools.partial(eval_step, num_classes=num_classes,
-                                        dtype=dtype))
+                                        dtype=dtype),
+                      compiler_options=xla_cpu.compiler_options())
     if total_steps == 0:  # eval-only: the init_from weights, no checkpoints
         metrics_log = MetricsLog(workdir)
         metrics = evaluate(eval_fn, fresh_state(), pipeline, mesh)
@@ -384,7 +386,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           label_smoothing=config.label_smoothing,
                           learning_rate_fn=learning_rate_fn, dtype=dtype),
         in_shardings=(replicated, sharding_lib.data_sharding(mesh), replicated),
-        out_shardings=(replicated, replicated), donate_argnums=0)
+        out_shardings=(replicated, replicated), donate_argnums=0,
+        compiler_options=xla_cpu.compiler_options())
     dropout_rng = sharding_lib.replicate(jax.random.key_data(dropout_rng), mesh)
     dropout_rng = jax.random.wrap_key_data(dropout_rng)
 
