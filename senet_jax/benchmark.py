@@ -85,7 +85,9 @@ def torch_step(reference, batch_size, image_size, mode, dtype):
     import timm
     import torch
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    torch.set_num_threads(os.cpu_count())   # as many threads as XLA:CPU uses
+    # As many threads as XLA:CPU uses: the cores this process may run on.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    torch.set_num_threads(cores)
     model = timm.create_model(reference).to(device)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)

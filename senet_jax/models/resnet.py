@@ -80,8 +80,9 @@ class ResidualBlock(nn.Module):
         last_scale = nn.initializers.zeros if zero_init else nn.initializers.ones
         se = (lambda pos: self.se(name='se') if self.se is not None and pos == self.se_position
               else (lambda v: v))
+        act_before_se = self.act_before_se and not self.bottleneck
         fused = (self.fuse_se and self.se is not None and self.se_position == 'standard'
-                 and self.se.keywords.get('squeeze', 'avg') == 'avg' and not self.act_before_se)
+                 and self.se.keywords.get('squeeze', 'avg') == 'avg' and not act_before_se)
         last_norm = lambda y: norm(scale_init=last_scale, name='bn3' if self.bottleneck else 'bn2')(
             y, return_affine=fused)
 
@@ -107,7 +108,7 @@ class ResidualBlock(nn.Module):
             s = self.se(name='se')(None, squeezed=(a * m + b).astype(y.dtype))
         else:
             y = last_norm(y)
-            if self.act_before_se:
+            if act_before_se:
                 y = nn.relu(y)
             y = se('standard')(y)
 
