@@ -229,3 +229,14 @@ def test_fused_se_block_equals_the_steps_spelled_out(bottleneck):
     assert jax.tree.structure(gp) == jax.tree.structure(wp)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(gp), jax.tree.leaves(wp)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_fuse_se_is_a_model_option():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    fused, plain = (create_model('se_resnet_mini', num_classes=10, fuse_se=f) for f in (True, False))
+    v = plain.init(jax.random.key(1), x)
+    got, want = (m.apply(v, x, train=True, mutable=['batch_stats'])[0] for m in (fused, plain))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Spelled out, the last BN's output can be captured as it is.
+    _, state = plain.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+    assert state['intermediates']['stage2_block0']['bn2']['__call__'][0].shape == (2, 16, 16, 16)

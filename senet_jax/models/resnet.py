@@ -174,6 +174,7 @@ class ResNet(nn.Module):
     se_position: str = 'standard'
     se_divisor: int = 1
     se_bias: bool = True
+    fuse_se: bool = True   # see ResidualBlock; False keeps each step's output for capture_intermediates
     drop_rate: float = 0.0
     zero_init_last: bool = True
     dtype: Optional[Dtype] = None
@@ -232,7 +233,7 @@ class ResNet(nn.Module):
                     reduce_first=self.reduce_first, stride_on_1x1=self.stride_on_1x1,
                     act_before_se=self.act_before_se, downsample_kernel=self.downsample_kernel,
                     se=se, se_position=self.se_position, zero_init_last=self.zero_init_last,
-                    dtype=self.dtype, param_dtype=self.param_dtype,
+                    fuse_se=self.fuse_se, dtype=self.dtype, param_dtype=self.param_dtype,
                     name=f'stage{stage}_block{b}')(x, train)
             features[f'conv{stage}_x'] = x
         if return_features:
