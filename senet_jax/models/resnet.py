@@ -83,8 +83,8 @@ class ResidualBlock(nn.Module):
         act_before_se = self.act_before_se and not self.bottleneck
         fused = (self.fuse_se and self.se is not None and self.se_position == 'standard'
                  and self.se.keywords.get('squeeze', 'avg') == 'avg' and not act_before_se)
-        last_norm = lambda y: norm(scale_init=last_scale, name='bn3' if self.bottleneck else 'bn2')(
-            y, return_affine=fused)
+        last_bn = 'bn3' if self.bottleneck else 'bn2'   # the branch's last BN
+        last_norm = lambda y: norm(scale_init=last_scale, name=last_bn)(y, return_affine=fused)
 
         y = se('pre')(x)
         if self.bottleneck:
@@ -127,8 +127,7 @@ class ResidualBlock(nn.Module):
         else:
             out = nn.relu(y + shortcut)
         # Written out once: the next block reads it in several places (see materialize).
-        last_bn_scale = self.variables['params']['bn3' if self.bottleneck else 'bn2']['scale']
-        return materialize(se('post')(out), anchor=last_bn_scale)
+        return materialize(se('post')(out), anchor=self.variables['params'][last_bn]['scale'])
 
 
 def _fused_se_output(u, a, b, s, shortcut):
