@@ -11,7 +11,8 @@ of `--steps` steps after compilation; with `--compare timm` the two frameworks
 run in alternating rounds in the same process, so drift hits both alike.
 `--baseline resnet50` times a second zoo model the same way, which is how the
 cost of the SE blocks is measured: `overhead_vs_baseline` is our step time over the
-baseline's.
+baseline's. Each comparison is printed twice: as the ratio of the two medians, and
+('_paired') as the median of the ratios of adjacent rounds.
 """
 import argparse
 import json
@@ -123,7 +124,9 @@ def torch_step(reference, batch_size, image_size, mode, dtype):
     return timed
 
 
-def _time_round(run, steps, block):
+def time_round(run, steps, block):
+    """Seconds per call of `run` over `steps` calls, after one untimed call;
+    `block(out)` waits for the last result."""
     # Let the other framework's worker threads stop spinning before the clock starts:
     # XLA's and PyTorch's thread pools busy-wait for a while after their last task.
     time.sleep(0.5)
@@ -156,9 +159,9 @@ def benchmark(args):
             done(fn())
     times = {'jax': [], **{k: [] for k in others}}
     for _ in range(args.rounds):
-        times['jax'].append(_time_round(run, args.steps, block))
+        times['jax'].append(time_round(run, args.steps, block))
         for k, (fn, done) in others.items():
-            times[k].append(_time_round(fn, args.steps, done))
+            times[k].append(time_round(fn, args.steps, done))
     step = statistics.median(times['jax'])
     device = jax.devices()[0]
     flops_per_step = flops * args.batch_size * (3 if args.mode == 'train' else 1)
@@ -172,19 +175,23 @@ def benchmark(args):
         'peak_memory_gb': mem / 2**30 if mem else None,
         'mfu': flops_per_step / step / peak if peak else None,
     }
+    # Each ratio also as the median of per-round ratios ('_paired'): adjacent
+    # rounds share the machine's drift, which medians taken apart do not cancel.
     if 'timm' in others:
-        other = statistics.median(times['timm'])
-        result['timm_images_per_sec'] = args.batch_size / other
-        result['speedup_vs_timm'] = other / step
+        result['timm_images_per_sec'] = args.batch_size / statistics.median(times['timm'])
+        result['speedup_vs_timm'], result['speedup_vs_timm_paired'] = _ratios(times['timm'], times['jax'])
     if args.baseline:
-        other = statistics.median(times[args.baseline])
         result['baseline'] = args.baseline
-        result['baseline_images_per_sec'] = args.batch_size / other
-        # Also the median of per-round ratios: adjacent rounds share the machine's drift.
-        result['overhead_vs_baseline'] = step / other
-        result['overhead_vs_baseline_paired'] = statistics.median(
-            a / b for a, b in zip(times['jax'], times[args.baseline]))
+        result['baseline_images_per_sec'] = args.batch_size / statistics.median(times[args.baseline])
+        result['overhead_vs_baseline'], result['overhead_vs_baseline_paired'] = _ratios(
+            times['jax'], times[args.baseline])
     return result
+
+
+def _ratios(numerator, denominator):
+    """(ratio of the medians, median of the per-round ratios) of two lists of round times."""
+    return (statistics.median(numerator) / statistics.median(denominator),
+            statistics.median(a / b for a, b in zip(numerator, denominator)))
 
 
 def _cpu_seconds():

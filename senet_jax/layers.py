@@ -155,6 +155,83 @@ def _channel_matmul_bwd(residuals, g):
 channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
+class Conv3x3(nn.Module):
+    """A 3x3 convolution with padding 1, as `nn.Conv(features, (3, 3), strides,
+    padding=((1, 1), (1, 1)), use_bias=False)`: same parameter, initialiser and
+    forward computation; only the input gradient may be computed differently
+    (`conv3x3`).
+    """
+    features: int
+    strides: int = 1
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param('kernel', self.kernel_init, (3, 3, x.shape[-1], self.features),
+                            self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return conv3x3(x, kernel, self.strides)
+
+
+def _conv3x3_xla(x, w, stride):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3(x, w, stride: int = 1):
+    """3x3 convolution of NHWC x with HWIO w, padding 1 on every side."""
+    return _conv3x3_xla(x, w, stride)
+
+
+def _conv3x3_fwd(x, w, stride):
+    return conv3x3(x, w, stride), (x, w)
+
+
+def _conv3x3_bwd(stride, residuals, g):
+    x, w = residuals
+    if _input_grad_as_matmul(g):
+        _, weight_vjp = jax.vjp(lambda w: _conv3x3_xla(x, w, stride), w)
+        return _conv3x3_input_grad(g, w, stride, x.shape), weight_vjp(g)[0]
+    _, vjp = jax.vjp(lambda x, w: _conv3x3_xla(x, w, stride), x, w)
+    return vjp(g)
+
+
+def _input_grad_as_matmul(g):
+    # XLA:CPU writes the input gradient as a convolution of g with the kernel
+    # reversed and transposed (and, for a stride, over g dilated with zeros).
+    # Where the output is at most 14x14 per image, a matrix product and a
+    # scatter are faster (docs/benchmarks.md); on bigger maps, or on other
+    # backends, XLA's own convolution is.
+    return jax.default_backend() == 'cpu' and g.shape[1] * g.shape[2] <= 14 * 14
+
+
+def _conv3x3_input_grad(g, w, stride, x_shape):
+    """d(conv3x3)/dx: each output pixel's g times the kernel, added back onto
+    the nine input pixels it read (a transposed convolution)."""
+    n, out_h, out_w, _ = g.shape
+    height, width, in_ch = x_shape[1:]
+    # taps[p, i, j] = w[i, j] @ g[p]: one product over the output channels.
+    taps = jax.lax.dot_general(g, w, (((3,), (3,)), ((), ())),    # (n, out_h, out_w, 3, 3, in)
+                               preferred_element_type=jnp.float32)
+    zero = jnp.zeros((), taps.dtype)
+    dx = 0
+    for i in range(3):
+        for j in range(3):
+            # Output pixel (r, c) read the padded input at (r * stride + i, c * stride + j).
+            dx = dx + jax.lax.pad(taps[:, :, :, i, j], zero, (
+                (0, 0, 0),
+                (i, height + 1 - i - (out_h - 1) * stride, stride - 1),
+                (j, width + 1 - j - (out_w - 1) * stride, stride - 1),
+                (0, 0, 0)))
+    return dx[:, 1:1 + height, 1:1 + width].astype(g.dtype)
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
 def conv_padding(kernel_size: int, padding: Optional[int] = None):
     """Explicit symmetric padding, as PyTorch's `padding=k // 2` (never 'SAME')."""
     p = kernel_size // 2 if padding is None else padding

@@ -1,5 +1,6 @@
 """The benchmark runs at small sizes and prints what it promises (timings live in the script)."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -26,6 +27,21 @@ def test_baseline_is_timed_beside_the_model(capsys):
     ratio = result['baseline_images_per_sec'] / result['images_per_sec']
     assert result['overhead_vs_baseline'] == pytest.approx(ratio)
     assert result['overhead_vs_baseline_paired'] > 0
+
+
+def test_timm_comparison_prints_both_ratios(monkeypatch, capsys):
+    # A stand-in for the PyTorch step (torch is not a requirement), and a reference
+    # name for the mini model, which has none.
+    spec = benchmark.model_spec('se_resnet_mini')
+    monkeypatch.setattr(benchmark, 'model_spec', lambda name: spec._replace(reference='seresnet_stub'))
+    monkeypatch.setattr(benchmark, 'torch_step', lambda *args: lambda: time.sleep(0.01))
+    assert benchmark.main(['--model', 'se_resnet_mini', '--compare', 'timm', '--batch-size', '2',
+                           '--image-size', '16', '--steps', '1', '--rounds', '3', '--warmup', '1',
+                           '--json']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ratio = result['images_per_sec'] / result['timm_images_per_sec']
+    assert result['speedup_vs_timm'] == pytest.approx(ratio)
+    assert result['speedup_vs_timm_paired'] > 0
 
 
 def test_input_pipeline_benchmark_on_an_image_folder(tmp_path, capsys):

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax.layers import (BatchNorm, batch_norm_train, channel_matmul, materialize, max_pool,
-                              max_pool_ceil)
+from senet_jax import layers
+from senet_jax.layers import (BatchNorm, Conv3x3, batch_norm_train, channel_matmul, materialize,
+                              max_pool, max_pool_ceil)
 
 
 @pytest.mark.parametrize('cin,cout', [(16, 48), (48, 16)])   # both weight-gradient branches
@@ -22,6 +23,29 @@ def test_channel_matmul_gradients_equal_autodiff_of_a_dot(cin, cout):
     for a, b in zip(ours, want):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+# Input sizes 7, 14 and 13 give outputs of at most 14x14 (the matrix-product input
+# gradient); 16 at stride 1 gives 16x16 (XLA's convolution).
+@pytest.mark.parametrize('size,stride', [(7, 1), (14, 2), (13, 2), (16, 1), (28, 2)])
+def test_conv3x3_equals_flax_conv(size, stride, monkeypatch):
+    taken = []
+    rule = layers._input_grad_as_matmul
+    monkeypatch.setattr(layers, '_input_grad_as_matmul', lambda g: taken.append(rule(g)) or taken[-1])
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 8))
+    ours = Conv3x3(12, stride)
+    flax_conv = nn.Conv(12, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False)
+    variables = ours.init(jax.random.key(1), x)
+    want_variables = flax_conv.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(variables['params']['kernel'], want_variables['params']['kernel'])
+    y, vjp = jax.vjp(lambda p, x: ours.apply(p, x), variables, x)
+    want_y, want_vjp = jax.vjp(lambda p, x: flax_conv.apply(p, x), variables, x)
+    np.testing.assert_array_equal(y, want_y)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    (dp, dx), (want_dp, want_dx) = vjp(g), want_vjp(g)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dp['params']['kernel'], want_dp['params']['kernel'], rtol=1e-5, atol=1e-4)
+    assert taken == [y.shape[1] * y.shape[2] <= 14 * 14]
 
 
 def reference_max_pool_grad(x, g, window, stride, pads):

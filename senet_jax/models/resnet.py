@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import (BatchNorm, Conv1x1, SqueezeExcite, conv_padding, materialize,
+from senet_jax.layers import (BatchNorm, Conv1x1, Conv3x3, SqueezeExcite, conv_padding, materialize,
                               max_pool, max_pool_ceil)
 
 Dtype = Any
@@ -72,6 +72,12 @@ class ResidualBlock(nn.Module):
     def __call__(self, x, train: bool = False):
         conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
         conv1x1 = functools.partial(Conv1x1, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def conv3x3(features, stride, groups=1, name=None):
+            if groups == 1:
+                return Conv3x3(features, stride, self.dtype, self.param_dtype, name=name)
+            return conv(features, (3, 3), (stride, stride), padding=conv_padding(3),
+                        feature_group_count=groups, name=name)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
         # block every gradient to that branch forever: start such branches at 1.
         dead_gate = (self.se is not None and self.se_position == 'standard'
@@ -91,18 +97,15 @@ class ResidualBlock(nn.Module):
             s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
             y = conv1x1(self.width // self.reduce_first, s1, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
-            y = conv(self.width, (3, 3), (s3, s3), padding=conv_padding(3),
-                     feature_group_count=self.groups, name='conv2')(y)
+            y = conv3x3(self.width, s3, self.groups, name='conv2')(y)
             y = nn.relu(norm(name='bn2')(y))
             y = se('3x3')(y)
             y = conv1x1(self.features, name='conv3')(y)
         else:
-            y = conv(self.width, (3, 3), (self.stride, self.stride), padding=conv_padding(3),
-                     name='conv1')(y)
+            y = conv3x3(self.width, self.stride, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
             y = se('3x3')(y)
-            y = conv(self.features, (3, 3), padding=conv_padding(3), feature_group_count=self.groups,
-                     name='conv2')(y)
+            y = conv3x3(self.features, 1, self.groups, name='conv2')(y)
         if fused:
             a, b, m = last_norm(y)
             s = self.se(name='se')(None, squeezed=(a * m + b).astype(y.dtype))
