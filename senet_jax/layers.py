@@ -158,8 +158,8 @@ channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 class Conv3x3(nn.Module):
     """A 3x3 convolution with padding 1, as `nn.Conv(features, (3, 3), strides,
     padding=((1, 1), (1, 1)), use_bias=False)`: same parameter, initialiser and
-    forward computation; only the input gradient may be computed differently
-    (`conv3x3`).
+    forward computation; on CPU the input gradient of some shapes is computed
+    differently (`conv3x3`).
     """
     features: int
     strides: int = 1
@@ -192,20 +192,20 @@ def _conv3x3_fwd(x, w, stride):
 
 def _conv3x3_bwd(stride, residuals, g):
     x, w = residuals
-    if _input_grad_as_matmul(g):
+    if _input_grad_as_matmul(g, stride):
         _, weight_vjp = jax.vjp(lambda w: _conv3x3_xla(x, w, stride), w)
         return _conv3x3_input_grad(g, w, stride, x.shape), weight_vjp(g)[0]
     _, vjp = jax.vjp(lambda x, w: _conv3x3_xla(x, w, stride), x, w)
     return vjp(g)
 
 
-def _input_grad_as_matmul(g):
+def _input_grad_as_matmul(g, stride):
     # XLA:CPU writes the input gradient as a convolution of g with the kernel
-    # reversed and transposed (and, for a stride, over g dilated with zeros).
-    # Where the output is at most 14x14 per image, a matrix product and a
-    # scatter are faster (docs/benchmarks.md); on bigger maps, or on other
-    # backends, XLA's own convolution is.
-    return jax.default_backend() == 'cpu' and g.shape[1] * g.shape[2] <= 14 * 14
+    # reversed and transposed, and for a stride over g dilated with zeros. A
+    # matrix product and a scatter are faster for every strided layer and for
+    # 7x7 maps (the kernel transpose weighs most there); at stride 1 on bigger
+    # maps, and on other backends, XLA's convolution is (docs/benchmarks.md).
+    return jax.default_backend() == 'cpu' and (stride > 1 or g.shape[1] * g.shape[2] <= 7 * 7)
 
 
 def _conv3x3_input_grad(g, w, stride, x_shape):
