@@ -194,7 +194,8 @@ def _conv3x3_bwd(stride, residuals, g):
     x, w = residuals
     if _input_grad_as_matmul(g, stride):
         _, weight_vjp = jax.vjp(lambda w: _conv3x3_xla(x, w, stride), w)
-        return _conv3x3_input_grad(g, w, stride, x.shape), weight_vjp(g)[0]
+        dx = _conv3x3_input_grad(g, w, stride, x.shape[1:3])
+        return dx.astype(x.dtype), weight_vjp(g)[0]
     _, vjp = jax.vjp(lambda x, w: _conv3x3_xla(x, w, stride), x, w)
     return vjp(g)
 
@@ -208,25 +209,27 @@ def _input_grad_as_matmul(g, stride):
     return jax.default_backend() == 'cpu' and (stride > 1 or g.shape[1] * g.shape[2] <= 7 * 7)
 
 
-def _conv3x3_input_grad(g, w, stride, x_shape):
-    """d(conv3x3)/dx: each output pixel's g times the kernel, added back onto
-    the nine input pixels it read (a transposed convolution)."""
-    n, out_h, out_w, _ = g.shape
-    height, width, in_ch = x_shape[1:]
-    # taps[p, i, j] = w[i, j] @ g[p]: one product over the output channels.
+def _conv3x3_input_grad(g, w, stride, size):
+    """d(conv3x3)/dx in float32 for an input of spatial `size`: each output
+    pixel's g times the kernel, added back onto the nine input pixels it read."""
+    # taps[..., i, j, :] = w[i, j] @ g: one product over the output channels.
     taps = jax.lax.dot_general(g, w, (((3,), (3,)), ((), ())),    # (n, out_h, out_w, 3, 3, in)
                                preferred_element_type=jnp.float32)
-    zero = jnp.zeros((), taps.dtype)
-    dx = 0
-    for i in range(3):
-        for j in range(3):
-            # Output pixel (r, c) read the padded input at (r * stride + i, c * stride + j).
-            dx = dx + jax.lax.pad(taps[:, :, :, i, j], zero, (
-                (0, 0, 0),
-                (i, height + 1 - i - (out_h - 1) * stride, stride - 1),
-                (j, width + 1 - j - (out_w - 1) * stride, stride - 1),
-                (0, 0, 0)))
-    return dx[:, 1:1 + height, 1:1 + width].astype(g.dtype)
+    padded = (size[0] + 2, size[1] + 2)
+    dx = sum(_place_strided(taps[:, :, :, i, j], i, j, stride, padded)
+             for i in range(3) for j in range(3))
+    return dx[:, 1:1 + size[0], 1:1 + size[1]]
+
+
+def _place_strided(v, i, j, stride, size):
+    """NHWC v written at rows i, i + stride, ... and columns j, j + stride, ...
+    of zeros of spatial `size`: the adjoint of reading that strided view."""
+    out_h, out_w = v.shape[1:3]
+    return jax.lax.pad(v, jnp.zeros((), v.dtype), (
+        (0, 0, 0),
+        (i, size[0] - i - (out_h - 1) * stride - 1, stride - 1),
+        (j, size[1] - j - (out_w - 1) * stride - 1, stride - 1),
+        (0, 0, 0)))
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
@@ -263,10 +266,7 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
             view = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
             first = (view == y) & ~taken   # the first maximum in raster order, as PyTorch
             taken = taken | first
-            hit = jnp.where(first, g, 0)
-            dxp = dxp + jax.lax.pad(hit, jnp.zeros((), g.dtype), (
-                (0, 0, 0), (i, xp.shape[1] - i - (out_h - 1) * stride - 1, stride - 1),
-                (j, xp.shape[2] - j - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)))
+            dxp = dxp + _place_strided(jnp.where(first, g, 0), i, j, stride, xp.shape[1:3])
     return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
 
 
