@@ -65,13 +65,11 @@ class SqueezeExcite(nn.Module):
     def __call__(self, u, squeezed=None):
         """u * s; or, given `squeezed` (the descriptor z of an avg squeeze the
         caller computed already, shape (N, C)), the gates s alone."""
-        if squeezed is not None:
-            u = squeezed[:, None, None, :]   # stands in for u: only its shape and dtype are read
         if self.squeeze not in SQUEEZES:
             raise ValueError(f"squeeze must be one of {SQUEEZES}, got '{self.squeeze}'.")
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got '{self.gate}'.")
-        channels = u.shape[-1]
+        channels = (u if squeezed is None else squeezed).shape[-1]
         width = reduced_width(channels, self.reduction, self.divisor, self.min_width)
 
         # Squeeze: global information embedding, z in R^C (Eq. 2).
