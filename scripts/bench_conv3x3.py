@@ -6,8 +6,8 @@
 Batch 8, fp32, NHWC, padding 1; milliseconds, the median of 5 rounds of 5 calls
 (`senet_jax.benchmark.time_round`). 'input grad' is XLA's gradient of the
 convolution; 'conv3x3' is the input gradient the models use
-(`senet_jax.layers.conv3x3`), which is XLA's where the output is larger than
-14x14. Prefix `taskset -c 0` for one thread.
+(`senet_jax.layers.conv3x3`), which is XLA's at stride 1 on maps larger than
+7x7. Prefix `taskset -c 0` for one thread.
 """
 import os
 import statistics
