@@ -34,6 +34,10 @@ PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
               'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12}
 
 
+# JAX's GPU memory fraction, by its current name and its deprecated one.
+GPU_MEMORY_FRACTION_VARS = ('XLA_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_MEM_FRACTION')
+
+
 def _peak_flops(device):
     for kind, peak in PEAK_FLOPS.items():
         if kind.lower() in device.device_kind.lower():
@@ -82,9 +86,21 @@ def jax_step(model_name, batch_size, image_size, mode, dtype):
     return run, cost['flops'], compile_s
 
 
+def _import_timm():
+    """(torch, timm), or a ValueError that says in one sentence why they do not import."""
+    try:
+        import torch
+        import timm
+    except Exception as e:   # not installed, or a torchvision built for another torch
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'--compare timm needs torch and timm, and importing them failed ({reason}); '
+                         'install them with a torchvision built for that torch '
+                         '(pip install torch torchvision timm).') from e
+    return torch, timm
+
+
 def torch_step(reference, batch_size, image_size, mode, dtype):
-    import timm
-    import torch
+    torch, timm = _import_timm()
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     # As many threads as XLA:CPU uses: the cores this process may run on.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
@@ -139,15 +155,17 @@ def time_round(run, steps, block):
 
 
 def benchmark(args):
+    if args.compare == 'timm':
+        reference = model_spec(args.model).reference
+        if reference is None:
+            raise ValueError(f'{args.model} has no timm reference to compare with.')
+        _import_timm()   # fail before compiling anything
     run, flops, compile_s = jax_step(args.model, args.batch_size, args.image_size, args.mode, args.dtype)
     block = jax.block_until_ready
     for _ in range(args.warmup):
         block(run())
     others = {}   # name -> (run, block), timed in rounds alternating with ours
     if args.compare == 'timm':
-        reference = model_spec(args.model).reference
-        if reference is None:
-            raise ValueError(f'{args.model} has no timm reference to compare with.')
         others['timm'] = (torch_step(reference, args.batch_size, args.image_size, args.mode, args.dtype),
                           lambda out: None)
     if args.baseline:
@@ -247,6 +265,10 @@ def main(argv=None):
     if min(args.batch_size, args.image_size, args.steps, args.rounds) < 1:
         print('error: --batch-size, --image-size, --steps and --rounds must be positive.', file=sys.stderr)
         return 1
+    if args.compare and not any(os.environ.get(v) for v in GPU_MEMORY_FRACTION_VARS):
+        # On a GPU, JAX takes 75% of the memory when it starts (read once, at the
+        # first JAX operation): leave PyTorch the other half.
+        os.environ[GPU_MEMORY_FRACTION_VARS[0]] = '0.5'
     try:
         if args.input_pipeline:
             result = input_pipeline_benchmark(args.input_pipeline, args.image_size, args.num_images)
@@ -254,9 +276,6 @@ def main(argv=None):
             result = benchmark(args)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
-        return 1
-    except ImportError as e:
-        print(f'error: {e.name} is needed for this comparison (pip install torch timm).', file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result))

@@ -1,5 +1,6 @@
 """The benchmark runs at small sizes and prints what it promises (timings live in the script)."""
 import json
+import sys
 import time
 
 import numpy as np
@@ -29,19 +30,58 @@ def test_baseline_is_timed_beside_the_model(capsys):
     assert result['overhead_vs_baseline_paired'] > 0
 
 
-def test_timm_comparison_prints_both_ratios(monkeypatch, capsys):
-    # A stand-in for the PyTorch step (torch is not a requirement), and a reference
-    # name for the mini model, which has none.
+COMPARE_MINI = ['--model', 'se_resnet_mini', '--compare', 'timm', '--batch-size', '2',
+                '--image-size', '16', '--steps', '1', '--rounds', '3', '--warmup', '1', '--json']
+
+
+def _unset(monkeypatch, *names):
+    for name in names:   # set first, so that the teardown removes what main() sets
+        monkeypatch.setenv(name, '')
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def mini_has_reference(monkeypatch):
+    """A timm reference name for the mini model, which has none."""
     spec = benchmark.model_spec('se_resnet_mini')
     monkeypatch.setattr(benchmark, 'model_spec', lambda name: spec._replace(reference='seresnet_stub'))
+
+
+def test_timm_comparison_prints_both_ratios(mini_has_reference, monkeypatch, capsys):
+    # A stand-in for the PyTorch step: torch is not a requirement.
+    monkeypatch.setattr(benchmark, '_import_timm', lambda: None)
     monkeypatch.setattr(benchmark, 'torch_step', lambda *args: lambda: time.sleep(0.01))
-    assert benchmark.main(['--model', 'se_resnet_mini', '--compare', 'timm', '--batch-size', '2',
-                           '--image-size', '16', '--steps', '1', '--rounds', '3', '--warmup', '1',
-                           '--json']) == 0
+    _unset(monkeypatch, *benchmark.GPU_MEMORY_FRACTION_VARS)
+    assert benchmark.main(COMPARE_MINI) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     ratio = result['images_per_sec'] / result['timm_images_per_sec']
     assert result['speedup_vs_timm'] == pytest.approx(ratio)
     assert result['speedup_vs_timm_paired'] > 0
+    # JAX would take 75% of a GPU: half is left to PyTorch, unless the user chose.
+    assert benchmark.os.environ['XLA_CLIENT_MEM_FRACTION'] == '0.5'
+    _unset(monkeypatch, 'XLA_CLIENT_MEM_FRACTION')
+    monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.3')
+    assert benchmark.main(COMPARE_MINI) == 0
+    assert 'XLA_CLIENT_MEM_FRACTION' not in benchmark.os.environ
+
+
+@pytest.mark.parametrize('failure', ['not installed', 'torchvision built for another torch'])
+def test_timm_that_does_not_import_is_one_sentence(failure, mini_has_reference, tmp_path,
+                                                    monkeypatch, capsys):
+    for name in ('torch', 'timm'):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if failure == 'not installed':
+        monkeypatch.setitem(sys.modules, 'timm', None)   # import timm raises ModuleNotFoundError
+    else:
+        for name, body in [('torch', ''), ('timm', 'raise RuntimeError("operator torchvision::nms '
+                                                     'does not exist")')]:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / '__init__.py').write_text(body + '\n')
+        monkeypatch.syspath_prepend(str(tmp_path))
+    assert benchmark.main(COMPARE_MINI) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: --compare timm needs torch and timm') and err.count('\n') == 1
+    assert ('timm' if failure == 'not installed' else 'torchvision::nms') in err
 
 
 def test_input_pipeline_benchmark_on_an_image_folder(tmp_path, capsys):
