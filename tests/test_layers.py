@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from senet_jax import layers
-from senet_jax.layers import (BatchNorm, Conv3x3, batch_norm_train, channel_matmul, materialize,
+from senet_jax.layers import (BatchNorm, Conv, batch_norm_train, channel_matmul, materialize,
                               max_pool, max_pool_ceil)
 
 
@@ -25,28 +25,41 @@ def test_channel_matmul_gradients_equal_autodiff_of_a_dot(cin, cout):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-# Strided layers and 7x7 maps take the matrix-product input gradient, stride 1 on
-# bigger maps XLA's convolution; odd sizes check the scatter's edges.
-@pytest.mark.parametrize('size,stride', [(7, 1), (5, 1), (14, 2), (13, 2), (9, 1), (14, 1)])
-def test_conv3x3_equals_flax_conv(size, stride, monkeypatch):
+# 3x3: strided layers and 7x7 maps take the matrix-product input gradient,
+# stride 1 on bigger maps XLA's convolution; odd sizes check the scatter's edges.
+# 1x1 is a matrix product; grouped and 7x7 kernels are XLA's convolution.
+@pytest.mark.parametrize('kernel,size,stride,groups', [
+    (3, 7, 1, 1), (3, 5, 1, 1), (3, 14, 2, 1), (3, 13, 2, 1), (3, 9, 1, 1), (3, 14, 1, 1),
+    (1, 9, 1, 1), (1, 9, 2, 1), (3, 9, 2, 4), (7, 11, 2, 1)])
+def test_conv_equals_flax_conv(kernel, size, stride, groups, monkeypatch):
     taken = []
     rule = layers._input_grad_as_matmul
     monkeypatch.setattr(layers, '_input_grad_as_matmul',
                         lambda g, stride: taken.append(rule(g, stride)) or taken[-1])
     x = jax.random.normal(jax.random.key(0), (2, size, size, 8))
-    ours = Conv3x3(12, stride)
-    flax_conv = nn.Conv(12, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), use_bias=False)
+    ours = Conv(12, kernel, stride, groups)
+    p = kernel // 2
+    flax_conv = nn.Conv(12, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                        feature_group_count=groups, use_bias=False)
     variables = ours.init(jax.random.key(1), x)
     want_variables = flax_conv.init(jax.random.key(1), x)
     np.testing.assert_array_equal(variables['params']['kernel'], want_variables['params']['kernel'])
     y, vjp = jax.vjp(lambda p, x: ours.apply(p, x), variables, x)
     want_y, want_vjp = jax.vjp(lambda p, x: flax_conv.apply(p, x), variables, x)
-    np.testing.assert_array_equal(y, want_y)
+    if kernel == 1:   # a dot, not a convolution: the same sums, perhaps in another order
+        np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(y, want_y)
     g = jax.random.normal(jax.random.key(2), y.shape)
     (dp, dx), (want_dp, want_dx) = vjp(g), want_vjp(g)
     np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dp['params']['kernel'], want_dp['params']['kernel'], rtol=1e-5, atol=1e-4)
-    assert taken == [stride > 1 or size <= 7]
+    assert taken == ([stride > 1 or size <= 7] if (kernel, groups) == (3, 1) else [])
+
+
+def test_conv_refuses_groups_that_do_not_divide_the_channels():
+    with pytest.raises(ValueError, match='3 groups do not divide 8 input and 12 output channels'):
+        Conv(12, 3, groups=3).init(jax.random.key(0), jnp.zeros((1, 5, 5, 8)))
 
 
 def reference_max_pool_grad(x, g, window, stride, pads):

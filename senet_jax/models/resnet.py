@@ -21,8 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import (BatchNorm, Conv1x1, Conv3x3, SqueezeExcite, conv_padding, materialize,
-                              max_pool, max_pool_ceil)
+from senet_jax.layers import BatchNorm, Conv, SqueezeExcite, materialize, max_pool, max_pool_ceil
 
 Dtype = Any
 
@@ -31,8 +30,9 @@ STAGES = (2, 3, 4, 5)
 
 
 def _conv_and_norm(train, dtype, param_dtype):
-    """Bias-free convolution and BatchNorm (PyTorch's momentum and epsilon) for every layer."""
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype)
+    """Bias-free convolution with padding k // 2 and BatchNorm (PyTorch's momentum
+    and epsilon) for every layer: conv(features, kernel_size, strides, groups)."""
+    conv = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=dtype, param_dtype=param_dtype)
     return conv, norm
@@ -71,13 +71,6 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
-        conv1x1 = functools.partial(Conv1x1, dtype=self.dtype, param_dtype=self.param_dtype)
-
-        def conv3x3(features, stride, groups=1, name=None):
-            if groups == 1:
-                return Conv3x3(features, stride, self.dtype, self.param_dtype, name=name)
-            return conv(features, (3, 3), (stride, stride), padding=conv_padding(3),
-                        feature_group_count=groups, name=name)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
         # block every gradient to that branch forever: start such branches at 1.
         dead_gate = (self.se is not None and self.se_position == 'standard'
@@ -95,17 +88,17 @@ class ResidualBlock(nn.Module):
         y = se('pre')(x)
         if self.bottleneck:
             s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
-            y = conv1x1(self.width // self.reduce_first, s1, name='conv1')(y)
+            y = conv(self.width // self.reduce_first, 1, s1, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
-            y = conv3x3(self.width, s3, self.groups, name='conv2')(y)
+            y = conv(self.width, 3, s3, self.groups, name='conv2')(y)
             y = nn.relu(norm(name='bn2')(y))
             y = se('3x3')(y)
-            y = conv1x1(self.features, name='conv3')(y)
+            y = conv(self.features, 1, name='conv3')(y)
         else:
-            y = conv3x3(self.width, self.stride, name='conv1')(y)
+            y = conv(self.width, 3, self.stride, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
             y = se('3x3')(y)
-            y = conv3x3(self.features, 1, self.groups, name='conv2')(y)
+            y = conv(self.features, 3, 1, self.groups, name='conv2')(y)
         if fused:
             a, b, m = last_norm(y)
             s = self.se(name='se')(None, squeezed=(a * m + b).astype(y.dtype))
@@ -118,11 +111,7 @@ class ResidualBlock(nn.Module):
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
             k = self.downsample_kernel if self.stride != 1 else 1
-            if k == 1:
-                shortcut = conv1x1(self.features, self.stride, name='downsample_conv')(x)
-            else:
-                shortcut = conv(self.features, (k, k), (self.stride, self.stride),
-                                padding=conv_padding(k), name='downsample_conv')(x)
+            shortcut = conv(self.features, k, self.stride, name='downsample_conv')(x)
             shortcut = norm(name='downsample_bn')(shortcut)
         shortcut = se('identity')(shortcut)
         if fused:
@@ -202,14 +191,14 @@ class ResNet(nn.Module):
         features = {}
 
         if self.stem == '7x7':
-            x = conv(self.stem_width, (7, 7), (2, 2), padding=conv_padding(7), name='stem_conv1')(x)
+            x = conv(self.stem_width, 7, 2, name='stem_conv1')(x)
             x = nn.relu(norm(name='stem_bn1')(x))
         elif self.stem == 'deep':
             for i, (w, s) in enumerate([(64, 2), (64, 1), (self.stem_width, 1)], start=1):
-                x = conv(w, (3, 3), (s, s), padding=conv_padding(3), name=f'stem_conv{i}')(x)
+                x = conv(w, 3, s, name=f'stem_conv{i}')(x)
                 x = nn.relu(norm(name=f'stem_bn{i}')(x))
         elif self.stem == 'small':
-            x = conv(self.stem_width, (3, 3), padding=conv_padding(3), name='stem_conv1')(x)
+            x = conv(self.stem_width, 3, name='stem_conv1')(x)
             x = nn.relu(norm(name='stem_bn1')(x))
         else:
             raise ValueError(f"stem must be '7x7', 'deep' or 'small', got '{self.stem}'.")
