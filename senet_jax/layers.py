@@ -78,7 +78,7 @@ class SqueezeExcite(nn.Module):
                 raise ValueError(f"a squeezed descriptor stands for squeeze='avg', not '{self.squeeze}'.")
             z = squeezed
         elif self.squeeze == 'avg':
-            z = jnp.mean(u, axis=(1, 2), dtype=jnp.float32).astype(u.dtype)
+            z = jnp.mean(u, axis=(1, 2), dtype=jnp.promote_types(u.dtype, jnp.float32)).astype(u.dtype)
         elif self.squeeze == 'max':
             z = jnp.max(u, axis=(1, 2))
         else:
@@ -204,11 +204,11 @@ def _input_grad_as_matmul(g, stride):
 
 
 def _conv3x3_input_grad(g, w, stride, size):
-    """d(conv3x3)/dx in float32 for an input of spatial `size`: each output
+    """d(conv3x3)/dx, in float32 or wider, for an input of spatial `size`: each output
     pixel's g times the kernel, added back onto the nine input pixels it read."""
     # taps[..., i, j, :] = w[i, j] @ g: one product over the output channels.
     taps = jax.lax.dot_general(g, w, (((3,), (3,)), ((), ())),    # (n, out_h, out_w, 3, 3, in)
-                               preferred_element_type=jnp.float32)
+                               preferred_element_type=jnp.promote_types(g.dtype, jnp.float32))
     padded = (size[0] + 2, size[1] + 2)
     dx = sum(_place_strided(taps[:, :, :, i, j], i, j, stride, padded)
              for i in range(3) for j in range(3))
@@ -236,26 +236,37 @@ def max_pool(x, window: int = 3, stride: int = 2, padding=((1, 1), (1, 1))):
 
 
 def _max_pool_fwd(x, window, stride, padding):
-    y = max_pool(x, window, stride, padding)
-    return y, (x, y)
+    # Each window's gradient goes to its first maximum in raster order, as in
+    # PyTorch. The forward pass records which tap that was (an int8 per output),
+    # so the backward pass never compares floats: XLA may recompute x (a ReLU of
+    # a BN, say) in another fusion with other rounding, and a maximum found
+    # equal to y in one fusion may not be in the next; under jit that lost the
+    # gradient of whole windows.
+    (top, bottom), (left, right) = padding
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+    out_h = (xp.shape[1] - window) // stride + 1
+    out_w = (xp.shape[2] - window) // stride + 1
+    y, first = None, None
+    for k, (i, j) in enumerate((i, j) for i in range(window) for j in range(window)):
+        view = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
+        if y is None:
+            y, first = view, jnp.zeros(view.shape, jnp.int8)
+        else:
+            later = view > y   # strictly greater: ties stay with the earlier tap
+            y, first = jnp.where(later, view, y), jnp.where(later, jnp.int8(k), first)
+    # The input's height and width ride along as the shape of an empty array.
+    return y, (first, jnp.zeros((0, *x.shape[1:3]), jnp.int8))
 
 
 def _max_pool_bwd(window, stride, padding, residuals, g):
-    # Each window's gradient goes to its maximum, as in PyTorch, written as
-    # elementwise work on window**2 strided views: XLA:CPU's own gradient of a
+    # Elementwise work on window**2 strided views: XLA:CPU's own gradient of a
     # pooling window was the slowest operation of the training step.
-    x, y = residuals
+    first, size = residuals
     (top, bottom), (left, right) = padding
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
-    out_h, out_w = y.shape[1:3]
-    dxp, taken = 0, jnp.zeros(y.shape, bool)
-    for i in range(window):
-        for j in range(window):
-            view = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
-            first = (view == y) & ~taken   # the first maximum in raster order, as PyTorch
-            taken = taken | first
-            dxp = dxp + _place_strided(jnp.where(first, g, 0), i, j, stride, xp.shape[1:3])
-    return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
+    padded = (size.shape[1] + top + bottom, size.shape[2] + left + right)
+    dxp = sum(_place_strided(jnp.where(first == i * window + j, g, 0), i, j, stride, padded)
+              for i in range(window) for j in range(window))
+    return (dxp[:, top:top + size.shape[1], left:left + size.shape[2]],)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -280,14 +291,17 @@ class BatchNorm(nn.Module):
     """Batch normalisation with `nn.BatchNorm`'s variables, statistics and results.
 
     Same parameters ('scale', 'bias'), running statistics ('mean', 'var' in
-    'batch_stats', biased variance, `momentum` as in Flax) and arithmetic as
-    `nn.BatchNorm` over every axis but the last. In training the gradient is
+    'batch_stats', `momentum` as in Flax) and arithmetic as `nn.BatchNorm` over
+    every axis but the last. The running variance averages the biased batch
+    variance, as Flax does, or with `unbiased_var` the unbiased one (times
+    n / (n - 1) for n values per channel), as PyTorch does. In training the gradient is
     written by hand (`batch_norm_train`): it keeps the input, not the centred
     input, for the backward pass, which saves a pass over every activation.
     """
     use_running_average: bool = False
     momentum: float = 0.99
     epsilon: float = 1e-5
+    unbiased_var: bool = False
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
     scale_init: Any = nn.initializers.ones
@@ -316,17 +330,20 @@ class BatchNorm(nn.Module):
             else:
                 mean = m.mean(0)
                 var = jnp.maximum(0.0, (xf * xf).mean((0, 1, 2)) - mean * mean)
-                self._update_running(ra_mean, ra_var, mean, var)
+                self._update_running(ra_mean, ra_var, mean, var, x)
             a = jax.lax.rsqrt(var + self.epsilon) * scale
             return a, bias - mean * a, m
         if self.use_running_average:
             y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
         else:
             y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
-            self._update_running(ra_mean, ra_var, mean, var)
+            self._update_running(ra_mean, ra_var, mean, var, x)
         return y.astype(dtype)
 
-    def _update_running(self, ra_mean, ra_var, mean, var):
+    def _update_running(self, ra_mean, ra_var, mean, var, x):
+        if self.unbiased_var:
+            n = x.size // x.shape[-1]
+            var = var * (n / max(n - 1, 1))
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

@@ -7,6 +7,12 @@ For each zoo model with a reference, builds timm's network, fills it with the
 seeded weights of `reference_weights.random_state_dict`, and stores the
 reference's state_dict keys/shapes, its parameter count and its float64 eval
 logits at each input size. The tests rebuild the same weights with numpy alone.
+
+For a few models (TRAIN_NAMES) it also stores one training-mode forward and
+backward pass in fixtures/reference_train/: the loss and logits, and for every
+parameter and BatchNorm buffer a norm and a projection on seeded random weights
+(`random_state_dict(keys, seed=1)`) of its gradient, or of the batch statistic
+that updated it (PyTorch's, with the unbiased variance).
 """
 import json
 import os
@@ -18,10 +24,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import INPUT_SIZES, random_input, random_state_dict  # noqa: E402
+from reference_weights import (INPUT_SIZES, TRAIN_BATCH, TRAIN_NAMES, random_input,  # noqa: E402
+                               random_state_dict, train_labels)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'reference')
+OUT_TRAIN = OUT + '_train'
+MOMENTUM = 0.1   # PyTorch's BatchNorm default, which timm keeps
 
 
 def make(name):
@@ -46,6 +55,41 @@ def make(name):
     print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}')
 
 
+def _norm_and_projection(value, probe):
+    value = value.detach().double().numpy()
+    return [float(f'{np.linalg.norm(value):.12g}'), float(f'{np.vdot(value, probe):.12g}')]
+
+
+def make_train(name):
+    ref = model_spec(name).reference
+    model = timm.create_model(ref, pretrained=False, drop_rate=0.0)
+    sd = model.state_dict()
+    keys = [(k, list(v.shape)) for k, v in sd.items()]
+    weights = random_state_dict(keys)
+    model.load_state_dict({k: torch.from_numpy(weights[k]) if k in weights else v
+                           for k, v in sd.items()})
+    model = model.double().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n, h, w = TRAIN_BATCH
+    x = torch.from_numpy(np.concatenate([random_input(h, w, seed=i) for i in range(n)])).double()
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(train_labels(n)))
+    loss.backward()
+    probe = {k: v.astype(np.float64) for k, v in random_state_dict(keys, seed=1).items()}
+    record = {'reference': ref, 'timm_version': timm.__version__, 'torch_version': torch.__version__,
+              'keys': keys, 'loss': float(loss.detach()), 'logits': [[float(f'{v:.12g}') for v in row]
+                                                           for row in logits.detach().tolist()],
+              'grads': {k: _norm_and_projection(p.grad, probe[k]) for k, p in model.named_parameters()},
+              'batch_stats': {}}
+    for k, v in model.state_dict().items():
+        if k.endswith(('running_mean', 'running_var')):   # the batch statistic behind the update
+            batch = (v - (1 - MOMENTUM) * before[k]) / MOMENTUM
+            record['batch_stats'][k] = _norm_and_projection(batch, probe[k])
+    with open(os.path.join(OUT_TRAIN, f'{name}.json'), 'w') as f:
+        json.dump(record, f, separators=(',', ':'))
+    print(f'{name:28s} <- {ref:26s} train-mode loss {record["loss"]:.6g}')
+
+
 def make_pth():
     """A small torch.save() file with tensors of several dtypes, views and a Parameter,
     and the values it holds, for the torch-free .pth reader's test."""
@@ -64,6 +108,9 @@ def make_pth():
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
+    os.makedirs(OUT_TRAIN, exist_ok=True)
     make_pth()
     for name in sys.argv[1:] or [n for n in list_models() if model_spec(n).reference]:
         make(name)
+        if name in TRAIN_NAMES:
+            make_train(name)

@@ -30,11 +30,12 @@ STAGES = (2, 3, 4, 5)
 
 
 def _conv_and_norm(train, dtype, param_dtype):
-    """Bias-free convolution with padding k // 2 and BatchNorm (PyTorch's momentum
-    and epsilon) for every layer: conv(features, kernel_size, strides, groups)."""
+    """Bias-free convolution with padding k // 2 and BatchNorm (PyTorch's momentum,
+    epsilon and unbiased running variance) for every layer: conv(features,
+    kernel_size, strides, groups)."""
     conv = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=dtype, param_dtype=param_dtype)
+                             unbiased_var=True, dtype=dtype, param_dtype=param_dtype)
     return conv, norm
 
 
@@ -139,7 +140,8 @@ def _fused_se_output(u, a, b, s, shortcut):
 class ResNet(nn.Module):
     """Residual network for image classification, NHWC.
 
-    `__call__(x, train=False)` returns float32 logits. With
+    `__call__(x, train=False)` returns float32 logits (float64 for a float64
+    model). With
     `return_features=True` it returns the stage outputs instead, a dict with
     'stem' and 'conv2_x' .. 'conv5_x' (strides 4, 4, 8, 16, 32 for the ImageNet
     stems), for detection and segmentation backbones.
@@ -230,8 +232,9 @@ class ResNet(nn.Module):
         if return_features:
             return features
 
-        x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)  # global average pooling
+        out_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        x = jnp.mean(x, axis=(1, 2), dtype=out_dtype)  # global average pooling
         x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='fc')(x)
-        return x.astype(jnp.float32)
+        return x.astype(out_dtype)
