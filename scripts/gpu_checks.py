@@ -48,6 +48,14 @@ CHECKS = [
 SMOKE = ['--batch-size', '2', '--image-size', '32', '--steps', '1', '--rounds', '1', '--warmup', '1']
 
 
+def _backend():
+    """JAX's default backend, asked in a process of its own that takes no GPU memory."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
+    probe = subprocess.run([sys.executable, '-c', 'import jax; print(jax.default_backend())'],
+                           capture_output=True, text=True, env=env)
+    return probe.stdout.strip() or 'none'
+
+
 def _timm_imports():
     probe = subprocess.run([sys.executable, '-c', 'import torch, timm'], capture_output=True)
     return probe.returncode == 0
@@ -95,6 +103,11 @@ def main(argv=None):
         print('error: --budget must be positive.', file=sys.stderr)
         return 1
     deadline = time.monotonic() + a.budget
+    backend = _backend()
+    if backend != 'gpu' and not a.smoke:
+        print(f'error: JAX sees no GPU here (backend: {backend}); install a JAX with GPU support '
+              '(pip install -U "jax[cuda12]"), or pass --smoke for the toy-sized run.', file=sys.stderr)
+        return 1
     compare = _timm_imports()
     if not compare:
         print('note: torch and timm do not import here, so the timm comparisons are left out.')

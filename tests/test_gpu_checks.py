@@ -49,7 +49,15 @@ def test_checks_run_and_are_tabulated(gpu_checks, monkeypatch, tmp_path, capsys)
     assert '1 of 1 checks ran' in printed
 
 
+def test_without_a_gpu_it_says_so_and_runs_nothing(gpu_checks, tmp_path, capsys):
+    assert gpu_checks.main(['--out', str(tmp_path / 'c.jsonl')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: JAX sees no GPU here (backend: cpu)') and err.count('\n') == 1
+    assert not (tmp_path / 'c.jsonl').exists()
+
+
 def test_the_time_budget_stops_a_check_and_skips_the_rest(gpu_checks, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(gpu_checks, '_backend', lambda: 'gpu')
     monkeypatch.setattr(gpu_checks, '_timm_imports', lambda: False)
     assert gpu_checks.main(['--budget', '2', '--out', str(tmp_path / 'c.jsonl')]) == 1
     printed = capsys.readouterr().out

@@ -141,10 +141,9 @@ class ResNet(nn.Module):
     """Residual network for image classification, NHWC.
 
     `__call__(x, train=False)` returns float32 logits (float64 for a float64
-    model). With
-    `return_features=True` it returns the stage outputs instead, a dict with
-    'stem' and 'conv2_x' .. 'conv5_x' (strides 4, 4, 8, 16, 32 for the ImageNet
-    stems), for detection and segmentation backbones.
+    model). With `return_features=True` it returns the stage outputs instead, a
+    dict with 'stem' and 'conv2_x' .. 'conv5_x' (strides 4, 4, 8, 16, 32 for the
+    ImageNet stems), for detection and segmentation backbones.
     """
     layers: Sequence[int]
     bottleneck: bool = True
