@@ -135,10 +135,7 @@ class Conv(nn.Module):
             return channel_matmul(x[:, ::s, ::s, :] if s > 1 else x, kernel[0, 0])
         if k == 3 and groups == 1:
             return conv3x3(x, kernel, s)
-        # Explicit symmetric padding, never 'SAME': odd sizes give PyTorch's maps.
-        return jax.lax.conv_general_dilated(x, kernel, (s, s), ((k // 2, k // 2),) * 2,
-                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                            feature_group_count=groups)
+        return _conv_xla(x, kernel, s, groups)
 
 
 @jax.custom_vjp
@@ -169,15 +166,19 @@ def _channel_matmul_bwd(residuals, g):
 channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
-def _conv3x3_xla(x, w, stride):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+def _conv_xla(x, w, stride, groups=1):
+    """XLA's convolution of NHWC x with HWIO w, with explicit symmetric padding
+    k // 2 (never 'SAME', so that odd sizes give PyTorch's maps)."""
+    p = w.shape[0] // 2
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        feature_group_count=groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv3x3(x, w, stride: int = 1):
     """3x3 convolution of NHWC x with HWIO w, padding 1 on every side."""
-    return _conv3x3_xla(x, w, stride)
+    return _conv_xla(x, w, stride)
 
 
 def _conv3x3_fwd(x, w, stride):
@@ -187,10 +188,10 @@ def _conv3x3_fwd(x, w, stride):
 def _conv3x3_bwd(stride, residuals, g):
     x, w = residuals
     if _input_grad_as_matmul(g, stride):
-        _, weight_vjp = jax.vjp(lambda w: _conv3x3_xla(x, w, stride), w)
+        _, weight_vjp = jax.vjp(lambda w: _conv_xla(x, w, stride), w)
         dx = _conv3x3_input_grad(g, w, stride, x.shape[1:3])
         return dx.astype(x.dtype), weight_vjp(g)[0]
-    _, vjp = jax.vjp(lambda x, w: _conv3x3_xla(x, w, stride), x, w)
+    _, vjp = jax.vjp(lambda x, w: _conv_xla(x, w, stride), x, w)
     return vjp(g)
 
 

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import (INPUT_SIZES, TRAIN_BATCH, TRAIN_NAMES, random_input,  # noqa: E402
-                               random_state_dict, train_labels)
+from reference_weights import (INPUT_SIZES, TRAIN_NAMES, norm_and_projection,  # noqa: E402
+                               random_input, random_state_dict, train_batch)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'reference')
@@ -55,9 +55,8 @@ def make(name):
     print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}')
 
 
-def _norm_and_projection(value, probe):
-    value = value.detach().double().numpy()
-    return [float(f'{np.linalg.norm(value):.12g}'), float(f'{np.vdot(value, probe):.12g}')]
+def _record(value, probe):
+    return [float(f'{v:.12g}') for v in norm_and_projection(value.detach().double().numpy(), probe)]
 
 
 def make_train(name):
@@ -70,21 +69,20 @@ def make_train(name):
                            for k, v in sd.items()})
     model = model.double().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    n, h, w = TRAIN_BATCH
-    x = torch.from_numpy(np.concatenate([random_input(h, w, seed=i) for i in range(n)])).double()
-    logits = model(x)
-    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(train_labels(n)))
+    images, labels = train_batch()
+    logits = model(torch.from_numpy(images).double())
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
     loss.backward()
-    probe = {k: v.astype(np.float64) for k, v in random_state_dict(keys, seed=1).items()}
+    probe = random_state_dict(keys, seed=1)
     record = {'reference': ref, 'timm_version': timm.__version__, 'torch_version': torch.__version__,
               'keys': keys, 'loss': float(loss.detach()), 'logits': [[float(f'{v:.12g}') for v in row]
                                                            for row in logits.detach().tolist()],
-              'grads': {k: _norm_and_projection(p.grad, probe[k]) for k, p in model.named_parameters()},
+              'grads': {k: _record(p.grad, probe[k]) for k, p in model.named_parameters()},
               'batch_stats': {}}
     for k, v in model.state_dict().items():
         if k.endswith(('running_mean', 'running_var')):   # the batch statistic behind the update
             batch = (v - (1 - MOMENTUM) * before[k]) / MOMENTUM
-            record['batch_stats'][k] = _norm_and_projection(batch, probe[k])
+            record['batch_stats'][k] = _record(batch, probe[k])
     with open(os.path.join(OUT_TRAIN, f'{name}.json'), 'w') as f:
         json.dump(record, f, separators=(',', ':'))
     print(f'{name:28s} <- {ref:26s} train-mode loss {record["loss"]:.6g}')

@@ -12,8 +12,17 @@ TRAIN_NAMES = ('se_resnet50', 'legacy_se_resnet18', 'legacy_se_resnet50', 'se_re
 TRAIN_BATCH = (2, 71, 57)   # images, height, width
 
 
-def train_labels(n):
-    return np.arange(n, dtype=np.int64) * 7 + 3
+def train_batch():
+    """(NCHW float32 images, int64 labels) of the training-mode check."""
+    n, h, w = TRAIN_BATCH
+    images = np.concatenate([random_input(h, w, seed=i) for i in range(n)])
+    return images, np.arange(n, dtype=np.int64) * 7 + 3
+
+
+def norm_and_projection(value, probe):
+    """(|value|, <value, probe>) in float64: how a fixture records a whole array."""
+    value = np.asarray(value, np.float64)
+    return np.linalg.norm(value), np.vdot(value, np.asarray(probe, np.float64))
 
 
 def _last_bn(keys):

@@ -14,8 +14,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from reference_weights import (INPUT_SIZES, TRAIN_BATCH, TRAIN_NAMES, random_input, random_state_dict,
-                               train_labels)
+from reference_weights import (INPUT_SIZES, TRAIN_NAMES, norm_and_projection, random_input,
+                               random_state_dict, train_batch)
 from senet_jax.convert import torch_key, torch_to_flax
 from senet_jax.models import create_model, list_models, model_spec
 
@@ -48,11 +48,6 @@ def test_matches_reference(name):
         assert rel < 1e-4, f'{name} at {h}x{w}: max relative difference {rel:.2e}'
 
 
-def _norm_and_projection(value, probe):
-    value = np.asarray(value, np.float64)
-    return np.linalg.norm(value), np.vdot(value, np.asarray(probe, np.float64))
-
-
 @pytest.mark.parametrize('name', TRAIN_NAMES)
 def test_training_step_matches_reference(name):
     """Training mode against PyTorch autograd, both in float64: loss, logits, the
@@ -65,20 +60,19 @@ def test_training_step_matches_reference(name):
         ref = json.load(f)
     assert ref['reference'] == model_spec(name).reference
     layout = model_spec(name).layout
-    n, h, w = TRAIN_BATCH
+    images, labels = train_batch()
     with jax.enable_x64(True):
         as64 = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), tree)
         variables = as64(torch_to_flax(name, random_state_dict(ref['keys'])))
         probe = torch_to_flax(name, random_state_dict(ref['keys'], seed=1))
         # Dropout off, as in the fixture (senet154 has 0.2).
         model = create_model(name, dtype=jnp.float64, param_dtype=jnp.float64, drop_rate=0.0)
-        x = jnp.asarray(np.concatenate([random_input(h, w, seed=i) for i in range(n)]).transpose(0, 2, 3, 1),
-                        jnp.float64)
+        x = jnp.asarray(images.transpose(0, 2, 3, 1), jnp.float64)
 
         def loss_fn(params):
             logits, new = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
                                       train=True, mutable=['batch_stats'])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, train_labels(n)).mean()
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             return loss, (logits, new['batch_stats'])
         step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
         (loss, (logits, stats)), grads = step(variables['params'])
@@ -93,7 +87,7 @@ def test_training_step_matches_reference(name):
         flat_probe = traverse_util.flatten_dict(probe[collection])
         for path, value in traverse_util.flatten_dict(tree).items():
             key = torch_key(collection, path, layout)
-            norm, projection = _norm_and_projection(value, flat_probe[path])
+            norm, projection = norm_and_projection(value, flat_probe[path])
             want_norm, want_projection = wanted[key]
             scale = want_norm * np.linalg.norm(flat_probe[path])
             assert abs(norm - want_norm) <= 1e-9 * want_norm, f'{key}: norm {norm} vs {want_norm}'
