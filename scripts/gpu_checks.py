@@ -14,8 +14,9 @@ its target follows. Targets (one H100; other GPUs are named in the table):
 
 The SE overhead against resnet50 is printed beside the paper's GPU figure
 (+10% training time), and inference beside timm, without targets. Needs a JAX
-with GPU support (pip install -U "jax[cuda12]"); the timm comparisons also need
-torch and timm, and are left out, with a note, when those do not import.
+with GPU support (pip install -r requirements.txt "jax[cuda12]==0.10.2"); the
+timm comparisons also need torch and timm, and are left out, with a note, when
+those do not import.
 """
 import argparse
 import json
@@ -106,7 +107,8 @@ def main(argv=None):
     backend = _backend()
     if backend != 'gpu' and not a.smoke:
         print(f'error: JAX sees no GPU here (backend: {backend}); install a JAX with GPU support '
-              '(pip install -U "jax[cuda12]"), or pass --smoke for the toy-sized run.', file=sys.stderr)
+              '(pip install -r requirements.txt "jax[cuda12]==0.10.2"), or pass --smoke for the '
+              'toy-sized run.', file=sys.stderr)
         return 1
     compare = _timm_imports()
     if not compare:
