@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from senet_jax import data
+from senet_jax.data import indexing
 from senet_jax.errors import UserError
 
 
@@ -50,8 +51,8 @@ def test_digits_batches_are_uint8_nhwc_and_resumable():
 
 def test_epoch_visits_each_example_once():
     n, gb = 100, 8
-    seen = [i for _, idx in zip(range(n // gb), data._train_index_batches(
-        0, n, gb, 0, 0, 1)) for i in idx[1]]
+    batches = indexing.train_index_batches(0, n, indexing.Shard(gb), 0)
+    seen = [i for _, (_, idx) in zip(range(n // gb), batches) for i in idx]
     assert len(seen) == len(set(seen)) == (n // gb) * gb
 
 
@@ -178,7 +179,7 @@ def test_preprocessing_shapes():
     buf = io.BytesIO()
     Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(buf, 'JPEG')
     jpeg = buf.getvalue()
-    seed = data._example_seed(1, 2)
+    seed = data.example_seed(1, 2)
     a = data.preprocess_train(jpeg, seed, 24).numpy()
     b = data.preprocess_train(jpeg, seed, 24).numpy()
     assert a.shape == (24, 24, 3) and a.dtype == np.uint8

@@ -1,0 +1,38 @@
+"""What a source module provides, and the pipeline the trainer receives."""
+
+import dataclasses
+from typing import Callable, Iterator
+
+
+class Source:
+    """A dataset seen by one process: its sizes and its two streams.
+
+    Each source module (digits, fake, imagefolder, tfds) subclasses it; its
+    constructor takes (config, shard) and fails with a UserError on bad input.
+    """
+    num_classes: int
+    num_train_examples: int
+    num_eval_examples: int
+    # Set where the process's eval slice is not cut by indexing.eval_index_batches.
+    num_eval_batches: int | None = None
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        """Batches of steps start_step, start_step + 1, ... (endless)."""
+        raise NotImplementedError
+
+    def eval_batches(self) -> Iterator[dict]:
+        """num_eval_batches masked batches covering this process's eval slice."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPipeline:
+    """What the trainer needs to know about a dataset, plus its two streams."""
+    num_classes: int
+    num_train_examples: int
+    num_eval_examples: int
+    steps_per_epoch: int
+    num_eval_batches: int
+    # train_batches(start_step) -> iterator over steps start_step, start_step+1...
+    train_batches: Callable[[int], Iterator[dict]]
+    eval_batches: Callable[[], Iterator[dict]]

@@ -1,0 +1,42 @@
+"""fake: synthetic uint8 images for throughput measurements. No TensorFlow."""
+
+import numpy as np
+
+from senet_jax.data import indexing
+from senet_jax.data.base import Source
+
+# A small pool of distinct batches, cycled: generating fresh random images
+# every step would measure numpy, not the model.
+_POOL = 4
+
+
+class FakeSource(Source):
+
+    def __init__(self, config, shard: indexing.Shard):
+        gb, s = shard.global_batch, config.image_size
+        self.num_classes = config.get('num_classes', 1000) or 1000
+        self.num_train_examples = config.get('fake_num_examples', 0) or gb * 100
+        self.num_eval_examples = max(gb, self.num_train_examples // 10)
+        shard.steps_per_epoch(self.num_train_examples, 'fake')
+        self.seed, self.shard = config.seed, shard
+        rng = np.random.default_rng([config.seed, shard.process_index])
+        self.images = rng.integers(0, 256, size=(_POOL, shard.local_batch, s, s, 3),
+                                   dtype=np.uint8)
+
+    def _labels(self, step, stream):
+        rng = np.random.default_rng([self.seed, step, stream])
+        labels = rng.integers(0, self.num_classes, size=self.shard.global_batch)
+        return labels.astype(np.int32)[self.shard.rows]
+
+    def train_batches(self, start_step):
+        step = start_step
+        while True:
+            yield {'image': self.images[step % _POOL],
+                   'label': self._labels(step, stream=2)}
+            step += 1
+
+    def eval_batches(self):
+        for b, (_, mask) in enumerate(indexing.eval_index_batches(
+                self.num_eval_examples, self.shard)):
+            yield {'image': self.images[b % _POOL],
+                   'label': self._labels(b, stream=3), 'mask': mask}
