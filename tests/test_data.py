@@ -2,6 +2,7 @@
 
 import logging
 import os
+import socket
 import time
 from unittest import mock
 
@@ -47,6 +48,18 @@ def test_digits_batches_are_uint8_nhwc_and_resumable():
     # Another seed, another order.
     other = next(data.create_input_pipeline(_config(seed=4)).train_batches(0))
     assert not np.array_equal(other['label'], full[0]['label'])
+
+
+@pytest.mark.parametrize('size', [8, 13, 16, 32, 57])
+def test_digits_resize_is_tensorflows_bit_for_bit(size):
+    """The digits source resizes in numpy (no TF), exactly as tf.image.resize
+    did, so the quickstart's data and results are unchanged."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+    from senet_jax.data import digits
+    images = (load_digits().images * (255.0 / 16.0)).astype(np.float32)[..., None]
+    want = tf.image.resize(images, (size, size), method='bilinear').numpy()
+    np.testing.assert_array_equal(digits.resize_bilinear(images, size), want)
 
 
 def test_epoch_visits_each_example_once():
@@ -124,6 +137,16 @@ def _make_folder(root, corrupt=True):
     (root / 'train' / 'cat' / 'notes.txt').write_text('ignored')
 
 
+def _assert_tpu_host_options(ds):
+    """The tf.data options for a TPU host, read off the batched dataset: set
+    where the images are mapped, they hold for the whole pipeline."""
+    options = ds.options()
+    assert options.threading.private_threadpool_size == 48
+    assert options.threading.max_intra_op_parallelism == 1
+    assert options.experimental_optimization.inject_prefetch is False
+    assert options.deterministic is True
+
+
 def test_imagefolder(tmp_path, caplog):
     _make_folder(tmp_path)
     cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
@@ -145,6 +168,9 @@ def test_imagefolder(tmp_path, caplog):
     assert len(ev) == 2 and sum(b['mask'].sum() for b in ev) == 6
     labels = np.concatenate([b['label'][b['mask'] > 0] for b in ev])
     assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    source = data.source_class('imagefolder')(cfg, indexing.Shard(4))
+    _assert_tpu_host_options(source.train_dataset(1, 2))
+    _assert_tpu_host_options(source.eval_dataset(np.arange(4)))
 
 
 def test_imagefolder_undecodable_image_is_named(tmp_path):
@@ -214,7 +240,12 @@ def test_imagenet2012_through_mock_data():
         assert sum(b['mask'].sum() for b in ev) == 10
 
 
-def test_unprepared_tfds_dataset_fails_fast(tmp_path):
+def test_unprepared_tfds_dataset_fails_fast(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError('the preparation check opened a connection')
+    monkeypatch.setattr(socket.socket, 'connect', no_network)
+    monkeypatch.setattr(socket, 'create_connection', no_network)
+    import senet_jax.data.tfds  # noqa: F401  (time the check, not the import)
     start = time.time()
     with pytest.raises(UserError) as e:
         data.create_input_pipeline(_config(dataset='imagenet2012',
@@ -246,6 +277,9 @@ def test_prepared_tfds_dataset(tmp_path):
     for a, b in zip(full[3:], _take(p.train_batches(3), 4)):
         np.testing.assert_array_equal(a['image'], b['image'])
         np.testing.assert_array_equal(a['label'], b['label'])
+    source = data.source_class('dummy_mnist')(cfg, indexing.Shard(4))
+    _assert_tpu_host_options(source.train_dataset(1, 2))
+    _assert_tpu_host_options(source.eval_dataset())
     want = sorted(int(ex['label']) for ex in tfds.builder(
         'dummy_mnist', data_dir=str(tmp_path)).as_dataset(split='test'))
     for process_count in (1, 2):
@@ -256,3 +290,45 @@ def test_prepared_tfds_dataset(tmp_path):
             assert len(batches) == q.num_eval_batches
             labels += [int(l) for b in batches for l in b['label'][b['mask'] > 0]]
         assert sorted(labels) == want
+
+
+def test_gcs_data_dir_goes_to_tfds_unchanged():
+    """A gs:// data_dir reaches tfds as given, and the instructions name it."""
+    import tensorflow_datasets as tfds
+    builder = mock.Mock(MANUAL_DOWNLOAD_INSTRUCTIONS='manual')
+    builder.is_prepared.return_value = False
+    with mock.patch.object(tfds, 'builder', return_value=builder) as make:
+        with pytest.raises(UserError) as e:
+            data.tfds_builder('imagenet2012', 'gs://bucket/tfds')
+    make.assert_called_once_with('imagenet2012', data_dir='gs://bucket/tfds')
+    assert 'put its files' in str(e.value)
+    assert 'in gs://bucket/tfds/downloads/manual/ and run' in str(e.value)
+    assert '--data_dir=gs://bucket/tfds`' in str(e.value)
+
+
+def test_imagefolder_on_gcs_keeps_the_url(tmp_path):
+    """An imagefolder in a bucket is listed through etils.epath (here redirected
+    to a local copy) and its files are named by their gs:// URLs; no file is
+    opened while listing a remote folder."""
+    from etils.epath import gpath as epath_gpath, testing as epath_testing
+    _make_folder(tmp_path, corrupt=False)
+    url = 'gs://bucket/images'
+
+    def local(path):
+        path = os.fspath(path)
+        assert path.startswith(url), path  # never mangled into a local path
+        return str(tmp_path) + path[len(url):]
+
+    def no_open(*args, **kwargs):
+        raise AssertionError('opened a remote file while listing')
+
+    # Without the mock's own backend, epath would send gs:// to TensorFlow's.
+    with mock.patch.object(epath_gpath, '_is_tf_installed', return_value=False), \
+            epath_testing.mock_epath(isdir=lambda fn, p: fn(local(p)),
+                                     listdir=lambda fn, p: fn(local(p)),
+                                     open=no_open):
+        source = data.source_class('imagefolder')(
+            _config(dataset='imagefolder', data_dir=url, batch_size=4), indexing.Shard(4))
+    assert source.num_train_examples == 12 and source.num_eval_examples == 6
+    assert source.train_paths[0] == f'{url}/train/cat/0.jpg'
+    assert all(p.startswith(f'{url}/val/') for p in source.eval_paths)
