@@ -23,7 +23,7 @@ and only when a config names them.
 import importlib
 
 from senet_jax.data.base import InputPipeline, Source
-from senet_jax.data.indexing import Shard, epoch_permutation
+from senet_jax.data.indexing import Shard, epoch_permutation  # noqa: F401  (re-exported)
 
 # dataset name -> "module:class"; any other name is a tfds dataset.
 SOURCES = {
@@ -43,10 +43,6 @@ _LAZY = {
     'preprocess_eval': 'senet_jax.data.preprocess',
     'example_seed': 'senet_jax.data.preprocess',
 }
-
-__all__ = ['InputPipeline', 'Source', 'Shard', 'SOURCES', 'create_input_pipeline',
-           'epoch_permutation', *_LAZY]
-
 
 def source_class(dataset: str) -> type[Source]:
     """The Source subclass that serves `dataset`, imported on demand."""
