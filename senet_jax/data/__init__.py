@@ -44,6 +44,7 @@ _LAZY = {
     'example_seed': 'senet_jax.data.preprocess',
 }
 
+
 def source_class(dataset: str) -> type[Source]:
     """The Source subclass that serves `dataset`, imported on demand."""
     module, cls = SOURCES.get(dataset, _TFDS).split(':')

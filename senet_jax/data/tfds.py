@@ -13,11 +13,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from senet_jax.data import indexing, preprocess
+from senet_jax.data import SOURCES, indexing, preprocess
 from senet_jax.data.base import Source
 from senet_jax.errors import UserError
-
-_OTHER_SOURCES = ['imagefolder', 'digits', 'fake']
 
 
 def _not_prepared_message(builder, name, data_dir):
@@ -40,7 +38,7 @@ def tfds_builder(name: str, data_dir: str | None):
 
     def unknown():
         # tfds' own message lists thousands of names; suggest a few instead.
-        close = difflib.get_close_matches(name, known + _OTHER_SOURCES, n=3)
+        close = difflib.get_close_matches(name, known + list(SOURCES), n=3)
         hint = f' (did you mean {", ".join(close)}?)' if close else ''
         return UserError(f'unknown dataset {name!r}{hint}')
 
