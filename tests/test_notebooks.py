@@ -43,6 +43,7 @@ def colab_venv(tmp_path_factory):
     stub = base / 'stub' / 'google' / 'colab'
     stub.mkdir(parents=True)
     (stub / '__init__.py').write_text('"""Stands in for Colab\'s module: its presence means Colab."""\n')
+    (stub / 'output.py').write_text('"""Imported by jax when google.colab is loaded."""\n')
     spec = base / 'jupyter' / 'kernels' / KERNEL
     spec.mkdir(parents=True)
     (spec / 'kernel.json').write_text(json.dumps({
