@@ -49,6 +49,27 @@ def user_path(path) -> epath.Path:
     return path if is_remote(path) else path.expanduser().absolute()
 
 
+def prepare_workdir(workdir) -> epath.Path:
+    """The workdir, created, after one small write that shows it is writable.
+
+    On gs:// this is what finds a missing bucket or missing credentials at
+    start-up rather than at the first save. Raises UserError in one sentence.
+    """
+    path = user_path(workdir)
+    probe = path / f'.write_test_process_{jax.process_index()}'
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text('')
+        probe.unlink()
+    except Exception as e:  # pylint: disable=broad-except
+        # (tf.io.gfile, gcsfs and the os each raise their own error types.)
+        detail = ' '.join(str(e).split())[:300] or type(e).__name__
+        hint = ('; check that the bucket exists and that Application Default '
+                'Credentials may write to it' if is_remote(path) else '')
+        raise UserError(f'cannot write to the workdir {path} ({detail}){hint}') from None
+    return path
+
+
 class Checkpoints:
     """A CheckpointManager plus the resume rules of our trainer."""
 

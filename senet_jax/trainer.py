@@ -300,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'image_size': config.image_size, 'seed': config.seed,
     }
 
-    checkpoint_lib.user_path(workdir).mkdir(parents=True, exist_ok=True)
+    checkpoint_lib.prepare_workdir(workdir)
     replicated = sharding_lib.replicated(mesh)
     # Parameters are initialised once, replicated: the 'rbg' generator compiles
     # much faster than threefry there. Dropout keeps the default (threefry),

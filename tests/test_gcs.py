@@ -254,3 +254,11 @@ def test_metrics_log_continues_a_gs_jsonl(gcs):
     events = [p for p in _path(workdir).iterdir()
               if p.name.startswith('events.out.tfevents')]
     assert len(events) == 2 and all(p.stat().length > 0 for p in events)
+
+
+def test_missing_bucket_is_one_sentence_before_training(gcs):
+    proc = tu.run('gs://no-such-bucket/run', *RUN, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: cannot write to the workdir gs://no-such-bucket/run'), last
+    assert 'Traceback' not in proc.stderr and 'step 10/' not in proc.stderr
