@@ -26,7 +26,6 @@ compiled function serves every batch.
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import optax
 
 from senet_jax import xla_cpu
+from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, normalize_images, set_overrides
 
 CRITERIA = ('se_gate', 'l1_weight', 'random')
@@ -422,7 +422,9 @@ def load_workdir(workdir: str, step: Optional[int] = None):
     """(model, variables, meta) from the newest (or given) checkpoint of a train.py workdir."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    directory = user_path(workdir) / 'checkpoints'
+    if not directory.is_dir():
+        raise FileNotFoundError(f'no checkpoints in {directory}')
     with ocp.CheckpointManager(directory) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -456,7 +458,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.workdir:
-        model, variables, meta = load_workdir(args.workdir)
+        try:
+            model, variables, meta = load_workdir(args.workdir)
+        except FileNotFoundError as e:
+            print(f'error: {e} (give a train.py --workdir, local or gs://)', file=sys.stderr)
+            return 1
         if meta.get('dataset') != 'digits':
             print(f"error: {args.workdir} was trained on {meta.get('dataset')!r}; "
                   'the command line analyses digits runs only (use the functions for others)',
@@ -483,7 +489,8 @@ def main(argv=None):
     print('Held-out top-1 after pruning a fraction of every SE block\'s channels:')
     print(format_pruning_table(rows))
     if args.png:
-        plot_gate_curves(stats, args.png)
+        with user_path(args.png).open('wb') as f:  # local or gs://
+            plot_gate_curves(stats, f)
         print(f'\nwrote {args.png}')
     return 0
 

@@ -9,18 +9,22 @@ Each checkpoint step holds two items:
 Retention uses Orbax preservation policies: the newest `keep` checkpoints plus
 the best by eval top-1 (checkpoints saved with metrics). Orbax writes into a
 temporary directory and renames it when complete, so a save killed half-way is
-never listed; a finished-but-damaged checkpoint that fails to restore is moved
-to `<workdir>/corrupt_checkpoints/` (never deleted) and the next older one used.
+never listed (on GCS, where renames are copies, Orbax marks a finished step
+with a commit_success.txt instead); a finished-but-damaged checkpoint that
+fails to restore is moved to `<workdir>/corrupt_checkpoints/` (never deleted)
+and the next older one used.
+
+Every path may be local or a `gs://` URL: they go through etils.epath, which
+Orbax itself uses, and never through os.path.
 """
 
-import os
-import shutil
 import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from senet_jax.errors import UserError
@@ -30,12 +34,48 @@ IDENTITY_FIELDS = ('model', 'num_classes', 'model_overrides', 'dataset',
                    'batch_size')
 
 
+def is_remote(path) -> bool:
+    """True for a URL such as gs://bucket/dir (anything with a scheme)."""
+    return '://' in str(path)
+
+
+def user_path(path) -> epath.Path:
+    """A path the user gave, local or gs://, as an absolute epath.Path.
+
+    (epath's resolve() and os.path.abspath would turn gs://b/r into
+    <cwd>/gs:/b/r, so URLs are kept as they are.)
+    """
+    path = epath.Path(path)
+    return path if is_remote(path) else path.expanduser().absolute()
+
+
+def prepare_workdir(workdir) -> epath.Path:
+    """The workdir, created, after one small write that shows it is writable.
+
+    On gs:// this is what finds a missing bucket or missing credentials at
+    start-up rather than at the first save. Raises UserError in one sentence.
+    """
+    path = user_path(workdir)
+    probe = path / f'.write_test_process_{jax.process_index()}'
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text('')
+        probe.unlink()
+    except Exception as e:  # pylint: disable=broad-except
+        # (tf.io.gfile, gcsfs and the os each raise their own error types.)
+        detail = ' '.join(str(e).split())[:300] or type(e).__name__
+        hint = ('; check that the bucket exists and that Application Default '
+                'Credentials may write to it' if is_remote(path) else '')
+        raise UserError(f'cannot write to the workdir {path} ({detail}){hint}') from None
+    return path
+
+
 class Checkpoints:
     """A CheckpointManager plus the resume rules of our trainer."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, 'checkpoints')
+        self.workdir = user_path(workdir)
+        self.directory = self.workdir / 'checkpoints'
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(n=keep),
             ocp.checkpoint_managers.BestN(
@@ -104,22 +144,26 @@ class Checkpoints:
             f'they were moved to {self._corrupt_dir()}; fix them or use a new '
             'workdir')
 
-    def _corrupt_dir(self):
-        return os.path.join(self.workdir, 'corrupt_checkpoints')
+    def _corrupt_dir(self) -> epath.Path:
+        return self.workdir / 'corrupt_checkpoints'
 
     def _set_aside(self, step: int, error: Exception):
         """Moves a damaged checkpoint out of the manager's directory (no delete)."""
-        target = os.path.join(self._corrupt_dir(), f'{step}-{int(time.time())}')
-        logging.warning('checkpoint %d in %s cannot be restored (%s: %s); moving '
-                        'it to %s and trying the previous one', step,
-                        self.directory, type(error).__name__,
-                        str(error).splitlines()[0][:200] if str(error) else '',
-                        target)
+        target = self._corrupt_dir() / f'{step}-{int(time.time())}'
+        reason = (f'{type(error).__name__}: '
+                  f'{str(error).splitlines()[0][:200] if str(error) else ""}')
+        logging.warning('checkpoint %d in %s cannot be restored (%s); moving it '
+                        'to %s and trying the previous one', step,
+                        self.directory, reason, target)
         # Every process must have failed to read before one of them moves it.
         multihost_utils.sync_global_devices(f'corrupt_checkpoint_{step}_read')
         if jax.process_index() == 0:
-            os.makedirs(self._corrupt_dir(), exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            self._corrupt_dir().mkdir(parents=True, exist_ok=True)
+            # The reason, beside it. On GCS, where a folder exists only once
+            # an object is in it, this file also makes the rename's target
+            # folder exist.
+            target.with_name(target.name + '.reason.txt').write_text(reason + '\n')
+            (self.directory / str(step)).rename(target)
         multihost_utils.sync_global_devices(f'corrupt_checkpoint_{step}_moved')
         self.manager.reload()
 

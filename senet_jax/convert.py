@@ -9,10 +9,13 @@ trainer starts from with `--config.init_from=DIR`.
 Loading never executes pickled code: `.safetensors` is read as plain tensors,
 and a `.pth` zip archive is unpickled by a reader that only rebuilds tensors
 and refuses every other object (torch itself is not needed).
+
+Every path (--weights, --out, load_pretrained's directory) may be local or a
+gs:// URL (etils.epath; Orbax writes the arrays).
 """
 import argparse
+import io
 import json
-import os
 import pickle
 import sys
 import zipfile
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from senet_jax.checkpoint import user_path
 from senet_jax.models import ResNet, create_model, model_spec
 
 METADATA = 'model.json'
@@ -179,8 +183,8 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         return np.frombuffer(raw, storage_type.dtype)
 
 
-def _read_torch_zip(path: str) -> Dict[str, np.ndarray]:
-    with zipfile.ZipFile(path) as archive:
+def _read_torch_zip(path: str, data: bytes) -> Dict[str, np.ndarray]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         pkl = [n for n in archive.namelist() if n.endswith('data.pkl')]
         if len(pkl) != 1:
             raise ConversionError(f'{path} is not a PyTorch checkpoint (no data.pkl inside).')
@@ -195,19 +199,20 @@ def _read_torch_zip(path: str) -> Dict[str, np.ndarray]:
 
 def read_weights(path: str) -> Dict[str, np.ndarray]:
     """A state_dict of numpy arrays from `.safetensors` or `.pth`/`.pt` (zip format)."""
-    if not os.path.isfile(path):
+    if not user_path(path).is_file():
         raise ConversionError(f'No weights file at {path}.')
-    if path.endswith('.safetensors'):
-        from safetensors.numpy import load_file
+    data = user_path(path).read_bytes()
+    if str(path).endswith('.safetensors'):
+        from safetensors.numpy import load
         try:
-            return load_file(path)
+            return load(data)
         except Exception as e:  # safetensors raises its own error types
             raise ConversionError(f'{path} is not a readable .safetensors file ({e}).') from None
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ConversionError(
             f'{path} is neither .safetensors nor a zip-format PyTorch checkpoint. Re-save it '
             'with `torch.save(torch.load(f, weights_only=True), "w.pth")` or as .safetensors.')
-    obj = _read_torch_zip(path)
+    obj = _read_torch_zip(path, data)
     for wrapper in ('state_dict', 'model', 'state_dict_ema'):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
@@ -221,13 +226,14 @@ def read_weights(path: str) -> Dict[str, np.ndarray]:
 
 def save_converted(out_dir: str, name: str, variables, source: str = '') -> None:
     import orbax.checkpoint as ocp
-    out_dir = os.path.abspath(out_dir)
+    out_dir = user_path(out_dir)
     num_classes = int(variables['params']['fc']['bias'].shape[0])
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(out_dir, VARIABLES), variables, force=True)
-    with open(os.path.join(out_dir, METADATA), 'w') as f:
-        json.dump({'model': name, 'num_classes': num_classes, 'source': os.path.basename(source),
-                   'reference': model_spec(name).reference}, f, indent=1)
+        ckptr.save(out_dir / VARIABLES, variables, force=True)
+    (out_dir / METADATA).write_text(json.dumps(
+        {'model': name, 'num_classes': num_classes,
+         'source': user_path(source).name if source else '',
+         'reference': model_spec(name).reference}, indent=1))
 
 
 def load_pretrained(directory: str, num_classes=None, rng=None):
@@ -237,17 +243,16 @@ def load_pretrained(directory: str, num_classes=None, rng=None):
     freshly initialised (from `rng`, default key 0) and the backbone kept.
     """
     import orbax.checkpoint as ocp
-    directory = os.path.abspath(directory)
-    meta_path = os.path.join(directory, METADATA)
-    if not os.path.isfile(meta_path):
+    directory = user_path(directory)
+    meta_path = directory / METADATA
+    if not meta_path.is_file():
         raise ConversionError(f'{directory} holds no converted weights (no {METADATA}); '
                               'write one with `python -m senet_jax.convert`.')
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = json.loads(meta_path.read_text())
     model = create_model(meta['model'], num_classes=meta['num_classes'])
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(os.path.join(directory, VARIABLES), abstract)
+        variables = ckptr.restore(directory / VARIABLES, abstract)
     variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
     if num_classes is not None and num_classes != meta['num_classes']:
         model = create_model(meta['model'], num_classes=num_classes)
@@ -260,17 +265,18 @@ def load_pretrained(directory: str, num_classes=None, rng=None):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m senet_jax.convert', description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True, help='zoo name, e.g. se_resnet50')
-    parser.add_argument('--weights', required=True, help='.safetensors or .pth state_dict')
-    parser.add_argument('--out', required=True, help='output directory')
+    parser.add_argument('--weights', required=True,
+                        help='.safetensors or .pth state_dict (a local path or gs://)')
+    parser.add_argument('--out', required=True, help='output directory (a local path or gs://)')
     args = parser.parse_args(argv)
     try:
         variables = torch_to_flax(args.model, read_weights(args.weights))
         save_converted(args.out, args.model, variables, source=args.weights)
-    except (ConversionError, ValueError) as e:
+    except (ConversionError, ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     n = sum(x.size for x in jax.tree.leaves(variables['params']))
-    print(f'Converted {args.weights} -> {os.path.abspath(args.out)} ({args.model}, {n:,} parameters).')
+    print(f'Converted {args.weights} -> {user_path(args.out)} ({args.model}, {n:,} parameters).')
     return 0
 
 

@@ -9,7 +9,6 @@ import difflib
 import functools
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -21,7 +20,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
@@ -30,6 +28,7 @@ from senet_jax import data as data_lib
 from senet_jax import sharding as sharding_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
+from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import (create_model, list_models, min_input_size, normalize_images,
                               set_overrides)
 
@@ -225,32 +224,6 @@ def evaluate(eval_fn, state, pipeline, mesh) -> dict:
             'eval_examples': int(n)}
 
 
-# ---------------------------------------------------------------------------
-# Metrics output: console, TensorBoard (clu) and metrics.jsonl; process 0 only.
-
-
-class MetricsLog:
-
-    def __init__(self, workdir):
-        self.primary = jax.process_index() == 0
-        self.jsonl = os.path.join(workdir, 'metrics.jsonl')
-        # The console line is ours (see the loop); clu writes TensorBoard events.
-        self.writer = (metric_writers.AsyncWriter(
-            metric_writers.SummaryWriter(workdir)) if self.primary else None)
-
-    def write(self, step: int, scalars: dict):
-        if not self.primary:
-            return
-        self.writer.write_scalars(step, scalars)
-        with open(self.jsonl, 'a') as f:
-            f.write(json.dumps({'step': step, **scalars}) + '\n')
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-
-
 def _format_duration(seconds):
     seconds = int(seconds)
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
@@ -279,8 +252,8 @@ def load_init_from(config, state: TrainState, num_classes: int):
         a.shape == b.shape for a, b in zip(jax.tree.leaves(new),
                                            jax.tree.leaves(old))))
     if not same:
-        with open(os.path.join(config.init_from, convert.METADATA)) as f:
-            src_name = json.load(f).get('model')
+        meta = checkpoint_lib.user_path(config.init_from) / convert.METADATA
+        src_name = json.loads(meta.read_text()).get('model')
         raise UserError(f'init_from={config.init_from} holds {src_name} weights, '
                         f'which do not fit {config.model} with this config')
     new = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), new, old)
@@ -327,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'image_size': config.image_size, 'seed': config.seed,
     }
 
-    os.makedirs(workdir, exist_ok=True)
+    checkpoint_lib.prepare_workdir(workdir)
     replicated = sharding_lib.replicated(mesh)
     # Parameters are initialised once, replicated: the 'rbg' generator compiles
     # much faster than threefry there. Dropout keeps the default (threefry),
