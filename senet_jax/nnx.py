@@ -1,6 +1,6 @@
 """The zoo and `SqueezeExcite` inside Flax NNX programs, through Flax's own bridge.
 
-Every module here is a linen module; `flax.nnx.bridge.ToNNX` turns one into an
+Every model of this package is a linen module; `flax.nnx.bridge.ToNNX` turns one into an
 NNX module that owns its variables. `to_nnx` builds that module with fresh or
 given (e.g. converted pretrained) variables:
 
