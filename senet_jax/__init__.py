@@ -10,3 +10,12 @@ def load_pretrained(directory, num_classes=None):
     """(model, variables) from a directory written by `python -m senet_jax.convert`."""
     from senet_jax.convert import load_pretrained as _load
     return _load(directory, num_classes=num_classes)
+
+
+def __getattr__(name):
+    # `senet_jax.to_nnx` (Flax NNX, see senet_jax/nnx.py), imported on first use so
+    # that linen users do not import flax.nnx.
+    if name == 'to_nnx':
+        from senet_jax.nnx import to_nnx
+        return to_nnx
+    raise AttributeError(f"module 'senet_jax' has no attribute '{name}'")

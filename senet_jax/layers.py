@@ -12,10 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Dtype = Any
+from senet_jax.options import GATES, SQUEEZES, validate_fields  # noqa: F401 (the block's vocabulary)
 
-SQUEEZES = ('avg', 'max', 'none')
-GATES = ('sigmoid', 'tanh', 'relu')
+Dtype = Any
 
 
 def reduced_width(channels: int, reduction: float, divisor: int = 1,
@@ -61,14 +60,14 @@ class SqueezeExcite(nn.Module):
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
+    def __post_init__(self):
+        validate_fields(self)   # a bad option fails here, in one sentence (senet_jax.options)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, u, squeezed=None):
         """u * s; or, given `squeezed` (the descriptor z of an avg squeeze the
         caller computed already, shape (N, C)), the gates s alone."""
-        if self.squeeze not in SQUEEZES:
-            raise ValueError(f"squeeze must be one of {SQUEEZES}, got '{self.squeeze}'.")
-        if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got '{self.gate}'.")
         channels = (u if squeezed is None else squeezed).shape[-1]
         width = reduced_width(channels, self.reduction, self.divisor, self.min_width)
 

@@ -5,7 +5,6 @@ sharding.py): the batch is sharded, parameters and optimizer state replicated,
 one `jax.jit` per step. Images arrive as uint8 and are normalised on device.
 """
 
-import difflib
 import functools
 import json
 import math
@@ -29,7 +28,7 @@ from senet_jax import sharding as sharding_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
-from senet_jax.models import (create_model, list_models, min_input_size, normalize_images,
+from senet_jax.models import (create_model, min_input_size, model_spec, normalize_images,
                               set_overrides)
 
 
@@ -43,11 +42,10 @@ class TrainState(train_state.TrainState):
 
 def validate_config(config: ml_collections.ConfigDict):
     """Raises UserError, one sentence, for values no run can use."""
-    if config.model not in list_models():
-        close = difflib.get_close_matches(config.model, list_models(), n=3)
-        hint = f' (did you mean {", ".join(close)}?)' if close else ''
-        raise UserError(f'unknown model {config.model!r}{hint}; known models: '
-                        f'{", ".join(list_models())}')
+    try:
+        model_spec(config.model)   # the registry's check, with its suggestions
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if not config.learning_rate > 0:
         raise UserError(f'learning_rate must be positive, got '
                         f'{config.learning_rate}')

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax import SqueezeExcite, create_model, list_models, reduced_width
-from senet_jax.models import SE_POSITIONS, min_input_size
+from senet_jax import ResNet, SqueezeExcite, create_model, list_models, reduced_width
+from senet_jax.models import SE_POSITIONS, min_input_size, model_spec
 
 
 def n_params(name, **overrides):
@@ -155,6 +155,18 @@ def test_any_input_size_and_min_size():
     assert out.shape == (2, 7)
 
 
+def test_models_command_measures_each_model_at_its_input_size(capsys):
+    from senet_jax.models.__main__ import main
+    assert model_spec('se_resnet50').input_size == 224 and model_spec('se_resnet_mini').input_size == 16
+    assert main(['se_resnet_mini']) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:3] == ['se_resnet_mini', '16', '0.45']
+    assert main(['se_resnet_mini', '--image-size', '32']) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == '32'
+    assert main(['se_resnet5']) == 1
+    assert "Did you mean 'se_resnet50'" in capsys.readouterr().err
+
+
 def test_zoo_covers_the_issue_table():
     names = set(list_models())
     for d in (18, 34, 50, 101, 152):
@@ -164,18 +176,39 @@ def test_zoo_covers_the_issue_table():
     assert 'senet154' in names
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize('kwargs,message', [
     (dict(name='se_resnet5'), "Unknown model 'se_resnet5'. Did you mean 'se_resnet50'"),
-    (dict(name='se_resnet50', reduction=0), 'reduction'),
-    (dict(name='se_resnet50', se_position='middle'), 'se_position'),
-    (dict(name='se_resnet50', squeeze='median'), 'squeeze'),
-    (dict(name='se_resnet50', gate='softmax'), 'gate'),
-    (dict(name='se_resnet50', se_stages=(1, 2)), 'se_stages'),
-    (dict(name='se_resnet50', ratio=4), 'Unknown option'),
+    (dict(name='se_resnet50', reduciton=8), "Unknown option 'reduciton' for se_resnet50. "
+                                            "Did you mean 'reduction', "),
+    (dict(name='se_resnet50', xyz=4), "Unknown option 'xyz' for se_resnet50. The options are"),
+    (dict(name='se_resnet50', reduction=0), 'reduction must be at least 1 (the ratio r), got 0.'),
+    (dict(name='se_resnet50', reduction='8'), "reduction must be at least 1 (the ratio r), got '8'."),
+    (dict(name='se_resnet50', se_position='middle'), "se_position must be one of"),
+    (dict(name='se_resnet50', squeeze='median'), "squeeze must be one of ('avg', 'max', 'none')"),
+    (dict(name='se_resnet50', gate='sigmod'), "got 'sigmod'. Did you mean 'sigmoid'?"),
+    (dict(name='se_resnet50', se_stages=(1, 2)), 'se_stages must be a subset of (2, 3, 4, 5)'),
+    (dict(name='se_resnet50', se_stages='45'), 'se_stages must be a subset'),
+    (dict(name='se_resnet50', stem='huge'), 'stem must be one of'),
+    (dict(name='se_resnet50', layers=(3, 4, 6)), 'layers must be one block count per stage'),
+    (dict(name='se_resnet50', num_classes=0), 'num_classes must be at least 1'),
+    (dict(name='senet154', drop_rate=1.0), 'drop_rate must be in [0, 1)'),
 ])
-def test_bad_options_are_refused_with_a_clear_message(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_options_are_refused_in_one_sentence(kwargs, message):
+    with pytest.raises(ValueError) as e:
         create_model(**kwargs)
+    assert message in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('module', [
+    lambda: SqueezeExcite(gate='softmax'),
+    lambda: SqueezeExcite(squeeze='median'),
+    lambda: SqueezeExcite(reduction=0),
+    lambda: ResNet(layers=(1, 1, 1, 1), se_position='middle'),
+])
+def test_modules_built_by_hand_are_refused_by_the_same_rules(module):
+    # The same sentence as create_model's, when the module is built, not when it is first called.
+    with pytest.raises(ValueError, match=r'must be (one of|at least 1)'):
+        module()
 
 
 @pytest.mark.parametrize('gate', ['tanh', 'relu'])
@@ -191,8 +224,9 @@ def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
 
 def test_config_overrides_and_input_normalisation_helpers():
     from senet_jax.models import IMAGENET_MEAN, normalize_images, set_overrides
-    assert set_overrides({'reduction': None, 'gate': 'tanh', 'se_stages': [4, 5]}) == {
-        'gate': 'tanh', 'se_stages': (4, 5)}
+    overrides = set_overrides({'reduction': None, 'gate': 'tanh', 'se_stages': [4, 5]})
+    assert overrides == {'gate': 'tanh', 'se_stages': [4, 5]}
+    assert create_model('se_resnet50', **overrides).se_stages == (4, 5)   # JSON lists: tuples
     assert set_overrides(None) == {}
     mean_colour = jnp.asarray(np.round(np.asarray(IMAGENET_MEAN) * 255), jnp.uint8)[None, None, None]
     out = normalize_images(mean_colour, jnp.bfloat16)

@@ -174,7 +174,7 @@ def test_workdir_of_another_model_is_refused(reference, tmp_path):
 
 
 @pytest.mark.parametrize('override, message', [
-    (dict(model='se_resnet5O'), "unknown model 'se_resnet5O' (did you mean"),
+    (dict(model='se_resnet5O'), "Unknown model 'se_resnet5O'. Did you mean"),
     (dict(learning_rate=-0.1), 'learning_rate must be positive'),
     (dict(image_size=4), 'image_size 4 is too small for se_resnet_mini'),
     (dict(dataset='imagefolder'), 'dataset=imagefolder needs'),

@@ -1,6 +1,9 @@
-"""Print every zoo model: parameters, GMACs at 224x224 and the reference it matches.
+"""Print every zoo model: parameters, GMACs at its input size and the reference it matches.
 
     python -m senet_jax.models [NAME ...] [--image-size 224]
+
+Each model is measured at the resolution it is meant for (224 for the ImageNet
+models, 16 for the `*_mini` ones), or at `--image-size` for all.
 
 GMACs are XLA's own count for the compiled forward pass (cost_analysis flops / 2),
 not a hand count: convolutions and matmuls as multiply-adds (taps that fall on
@@ -30,7 +33,8 @@ def complexity(name: str, image_size: int = 224, **overrides):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m senet_jax.models', description=__doc__.split('\n\n')[0])
     parser.add_argument('names', nargs='*', help='models to show (default: all)')
-    parser.add_argument('--image-size', type=int, default=224)
+    parser.add_argument('--image-size', type=int, default=None,
+                        help="input side for every model (default: each model's own)")
     args = parser.parse_args(argv)
     names = args.names or list_models()
     try:
@@ -39,10 +43,11 @@ def main(argv=None):
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(f"{'model':28s} {'params (M)':>10s} {f'GMACs@{args.image_size}':>10s}  reference (timm)")
+    print(f"{'model':28s} {'size':>5s} {'params (M)':>10s} {'GMACs':>8s}  reference (timm)")
     for n in names:
-        params, gmacs = complexity(n, args.image_size)
-        print(f'{n:28s} {params / 1e6:10.2f} {gmacs:10.2f}  {model_spec(n).reference or "-"}',
+        size = args.image_size or model_spec(n).input_size
+        params, gmacs = complexity(n, size)
+        print(f'{n:28s} {size:5d} {params / 1e6:10.2f} {gmacs:8.2f}  {model_spec(n).reference or "-"}',
               flush=True)
     return 0
 

@@ -5,14 +5,13 @@ number for number (timm 1.0 names) and that reference's state_dict layout
 ('timm' for torchvision-style ResNets, 'legacy' for the Cadene/Caffe SENets).
 """
 import dataclasses
-import difflib
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
-from senet_jax.models.resnet import SE_POSITIONS, STAGES, ResNet
-from senet_jax.layers import GATES, SQUEEZES
+from senet_jax.models.resnet import ResNet
+from senet_jax.options import did_you_mean, validate_options  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,19 +29,16 @@ def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
 
     Config placeholders are None and mean "the model's default"; they are
     dropped here rather than in `create_model`, where None can be a real
-    choice (`stem_pool=None`). Stage lists (from JSON) become tuples.
+    choice (`stem_pool=None`).
     """
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if 'se_stages' in given:
-        given['se_stages'] = tuple(given['se_stages'])
-    return given
+    return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
 class ModelSpec(NamedTuple):
     kwargs: Dict[str, Any]
     reference: Optional[str]      # timm.create_model name of the reference network
     layout: str                   # state_dict layout of the reference: 'timm' | 'legacy'
-    input_size: int = 224         # default training / evaluation resolution
+    input_size: int = 224         # the resolution it is meant for (`python -m senet_jax.models`)
 
 
 _DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
@@ -54,8 +50,8 @@ _LEGACY = dict(stem_pool='ceil', se_divisor=1)
 _REGISTRY: Dict[str, ModelSpec] = {}
 
 
-def _register(name, reference, layout, **kwargs):
-    _REGISTRY[name] = ModelSpec(kwargs, reference, layout)
+def _register(name, reference, layout, input_size=224, **kwargs):
+    _REGISTRY[name] = ModelSpec(kwargs, reference, layout, input_size)
 
 
 for _d in (18, 34, 50, 101, 152):
@@ -80,8 +76,8 @@ _register('senet154', 'legacy_senet154', 'legacy', **_LEGACY, layers=_DEPTHS[152
 # stage, a 3x3 stride-1 stem, no stem pool, total stride 8.
 _MINI = dict(layers=(1, 1, 1, 1), bottleneck=False, widths=(16, 32, 64, 128), stem='small',
              stem_width=16, stem_pool=None)
-_register('se_resnet_mini', None, 'timm', reduction=4, se_divisor=1, **_MINI)
-_register('resnet_mini', None, 'timm', se_stages=(), **_MINI)   # its plain baseline
+_register('se_resnet_mini', None, 'timm', input_size=16, reduction=4, se_divisor=1, **_MINI)
+_register('resnet_mini', None, 'timm', input_size=16, se_stages=(), **_MINI)   # its plain baseline
 
 _OVERRIDABLE = {f.name for f in dataclasses.fields(ResNet)} - {'parent', 'name'}
 
@@ -93,9 +89,8 @@ def list_models() -> List[str]:
 
 def model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
-        raise ValueError(f"Unknown model '{name}'.{hint} `python -m senet_jax.models` lists them all.")
+        raise ValueError(f"Unknown model '{name}'.{did_you_mean(name, _REGISTRY)} "
+                         '`python -m senet_jax.models` lists them all.')
     return _REGISTRY[name]
 
 
@@ -105,41 +100,20 @@ def min_input_size(model: ResNet) -> int:
     return stem_stride * 8
 
 
-def validate_options(**options):
-    """Raise ValueError with one clear sentence for an out-of-range SE / model option."""
-    if 'reduction' in options and not options['reduction'] >= 1:
-        raise ValueError(f"reduction (r) must be at least 1, got {options['reduction']}.")
-    if 'squeeze' in options and options['squeeze'] not in SQUEEZES:
-        raise ValueError(f"squeeze must be one of {SQUEEZES}, got {options['squeeze']!r}.")
-    if 'gate' in options and options['gate'] not in GATES:
-        raise ValueError(f"gate must be one of {GATES}, got {options['gate']!r}.")
-    if 'se_position' in options and options['se_position'] not in SE_POSITIONS:
-        raise ValueError(f"se_position must be one of {SE_POSITIONS}, got {options['se_position']!r}.")
-    if 'se_stages' in options:
-        stages = options['se_stages']
-        if isinstance(stages, int) or not all(s in STAGES for s in stages):
-            raise ValueError(f'se_stages must be a subset of {set(STAGES)} '
-                             f'(conv2_x..conv5_x), got {stages!r}.')
-    if 'num_classes' in options and not options['num_classes'] >= 1:
-        raise ValueError(f"num_classes must be at least 1, got {options['num_classes']}.")
-    if 'drop_rate' in options and not 0 <= options['drop_rate'] < 1:
-        raise ValueError(f"drop_rate must be in [0, 1), got {options['drop_rate']}.")
-
-
 def create_model(name: str, num_classes: int = 1000, **overrides) -> ResNet:
     """Build a zoo model by name, with any `ResNet` field overridden.
 
     Example: `create_model('se_resnet50', num_classes=10, reduction=8, se_stages=(4, 5),
-    dtype=jnp.bfloat16)`.
+    dtype=jnp.bfloat16)`. A bad value is refused by `ResNet` itself, with the
+    rules of `senet_jax.options`.
     """
     spec = model_spec(name)
-    unknown = sorted(set(overrides) - _OVERRIDABLE)
-    if unknown:
-        raise ValueError(f'Unknown option(s) {unknown} for {name}; '
-                         f'the options are {sorted(_OVERRIDABLE)}.')
-    if 'se_stages' in overrides and overrides['se_stages'] is not None:
-        if isinstance(overrides['se_stages'], int):
-            overrides['se_stages'] = (overrides['se_stages'],)
+    for option in sorted(overrides):
+        if option not in _OVERRIDABLE:
+            hint = did_you_mean(option, _OVERRIDABLE) or f' The options are {sorted(_OVERRIDABLE)}.'
+            raise ValueError(f"Unknown option '{option}' for {name}.{hint}")
+    if isinstance(overrides.get('se_stages'), int):
+        overrides['se_stages'] = (overrides['se_stages'],)
+    if overrides.get('se_stages') is not None:
         overrides['se_stages'] = tuple(overrides['se_stages'])
-    validate_options(num_classes=num_classes, **overrides)
     return ResNet(**{**spec.kwargs, 'num_classes': num_classes, **overrides})

@@ -22,11 +22,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax.layers import BatchNorm, Conv, SqueezeExcite, materialize, max_pool, max_pool_ceil
+from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
 Dtype = Any
-
-SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
-STAGES = (2, 3, 4, 5)
 
 
 def _conv_and_norm(train, dtype, param_dtype):
@@ -172,21 +170,12 @@ class ResNet(nn.Module):
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
-    def _check(self):
-        if self.se_position not in SE_POSITIONS:
-            raise ValueError(f"se_position must be one of {SE_POSITIONS}, got '{self.se_position}'.")
-        bad = [s for s in self.se_stages if s not in STAGES]
-        if bad:
-            raise ValueError(f'se_stages must be a subset of {set(STAGES)} '
-                             f'(conv2_x..conv5_x), got {tuple(self.se_stages)}.')
-        if not self.reduction >= 1:
-            raise ValueError(f'reduction (r) must be at least 1, got {self.reduction}.')
-        if len(self.layers) != 4 or len(self.widths) != 4:
-            raise ValueError('layers and widths need one entry per stage (4).')
+    def __post_init__(self):
+        validate_fields(self)   # a bad option fails here, in one sentence (senet_jax.options)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
-        self._check()
         conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
         x = x.astype(self.dtype or x.dtype)
         features = {}
@@ -198,11 +187,9 @@ class ResNet(nn.Module):
             for i, (w, s) in enumerate([(64, 2), (64, 1), (self.stem_width, 1)], start=1):
                 x = conv(w, 3, s, name=f'stem_conv{i}')(x)
                 x = nn.relu(norm(name=f'stem_bn{i}')(x))
-        elif self.stem == 'small':
+        else:   # 'small'
             x = conv(self.stem_width, 3, name='stem_conv1')(x)
             x = nn.relu(norm(name='stem_bn1')(x))
-        else:
-            raise ValueError(f"stem must be '7x7', 'deep' or 'small', got '{self.stem}'.")
         features['stem'] = x
         if self.stem_pool == 'pad':
             x = max_pool(x, 3, 2, ((1, 1), (1, 1)))

@@ -1,0 +1,81 @@
+"""The rules for model options, each written once.
+
+`validate_options(**options)` checks any option that has a rule and raises
+ValueError with one sentence (and the close matches for a misspelt choice).
+`SqueezeExcite` and `ResNet` apply it to their own fields when they are built,
+so `create_model`, a config's `model_overrides` and a module built by hand are
+refused by the same words. This module sits below `layers.py` and imports
+nothing of ours, so that every floor above can use it.
+"""
+import dataclasses
+import difflib
+from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Tuple
+
+# The paper's vocabulary for the SE block and where it sits (see layers.py, models/resnet.py).
+SQUEEZES = ('avg', 'max', 'none')
+GATES = ('sigmoid', 'tanh', 'relu')
+SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
+STAGES = (2, 3, 4, 5)      # conv2_x .. conv5_x
+STEMS = ('7x7', 'deep', 'small')
+STEM_POOLS = ('pad', 'ceil', None)
+
+
+def did_you_mean(given: Any, known: Iterable[Any]) -> str:
+    """The sentence ` Did you mean 'x'?` naming the close matches of `given` among `known`, or ''."""
+    close = [repr(c) for c in difflib.get_close_matches(str(given), [str(k) for k in known],
+                                                        n=3, cutoff=0.5)]
+    if not close:
+        return ''
+    listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+    return f' Did you mean {listed}?'
+
+
+class _Rule(NamedTuple):
+    holds: Callable[[Any], bool]
+    wanted: str                              # "<option> must be <wanted>"
+    choices: Optional[Tuple[Any, ...]] = None
+
+
+def _one_of(choices):
+    return _Rule(lambda v: v in choices, f'one of {choices}', choices)
+
+
+def _per_stage(v):
+    return not isinstance(v, (int, str)) and len(v) == len(STAGES)
+
+
+_RULES: Dict[str, _Rule] = {
+    'reduction': _Rule(lambda r: r >= 1, 'at least 1 (the ratio r)'),
+    'squeeze': _one_of(SQUEEZES),
+    'gate': _one_of(GATES),
+    'se_position': _one_of(SE_POSITIONS),
+    'se_stages': _Rule(lambda s: not isinstance(s, (int, str)) and set(s) <= set(STAGES),
+                       f'a subset of {STAGES} (conv2_x..conv5_x)'),
+    'stem': _one_of(STEMS),
+    'stem_pool': _one_of(STEM_POOLS),
+    'layers': _Rule(_per_stage, f'one block count per stage ({len(STAGES)} entries)'),
+    'widths': _Rule(_per_stage, f'one width per stage ({len(STAGES)} entries)'),
+    'num_classes': _Rule(lambda n: n >= 1, 'at least 1'),
+    'drop_rate': _Rule(lambda p: 0 <= p < 1, 'in [0, 1)'),
+}
+
+
+def validate_options(**options):
+    """Raise ValueError, one sentence, for the first option that breaks its rule."""
+    for name, value in options.items():
+        rule = _RULES.get(name)
+        if rule is None:
+            continue
+        try:
+            ok = bool(rule.holds(value))
+        except TypeError:          # e.g. reduction='8' from a hand-written JSON file
+            ok = False
+        if not ok:
+            hint = did_you_mean(value, rule.choices) if rule.choices else ''
+            raise ValueError(f'{name} must be {rule.wanted}, got {value!r}.{hint}')
+
+
+def validate_fields(module):
+    """`validate_options` on the fields of a (dataclass) module that have a rule."""
+    validate_options(**{f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+                        if f.name in _RULES})
