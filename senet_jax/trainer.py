@@ -5,6 +5,7 @@ sharding.py): the batch is sharded, parameters and optimizer state replicated,
 one `jax.jit` per step. Images arrive as uint8 and are normalised on device.
 """
 
+import contextlib
 import difflib
 import functools
 import json
@@ -251,6 +252,41 @@ class MetricsLog:
             self.writer.close()
 
 
+class Throughput:
+    """Images per second of training steps only.
+
+    Time spent inside `paused()` (evaluation, checkpoint saves) is left out of
+    the elapsed time, so a log interval that holds an eval reports the rate of
+    its training steps, not of the steps over the time since the eval.
+    """
+
+    def __init__(self, batch_size: int, clock=time.perf_counter):
+        self.batch_size = batch_size
+        self.clock = clock
+        self.reset()
+
+    def reset(self):
+        self.steps, self.paused_s, self.start = 0, 0.0, self.clock()
+
+    def add_step(self):
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_s += self.clock() - t
+
+    def read(self):
+        """(images/sec, seconds/step) since the last read; starts a new interval."""
+        elapsed = max(self.clock() - self.start - self.paused_s, 1e-9)
+        steps = self.steps
+        self.reset()
+        return steps * self.batch_size / elapsed, elapsed / max(steps, 1)
+
+
 def _format_duration(seconds):
     seconds = int(seconds)
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
@@ -414,7 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fetched = []  # host metrics of finite steps since the last console line
     skipped = 0
     last_eval = {}
-    t_log, steps_since_log = time.time(), 0
+    meter = Throughput(config.batch_size)
 
     def flush(step):
         """Fetches pending step metrics into `fetched`; stops at a non-finite
@@ -444,14 +480,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, m = p_train_step(state, batch, dropout_rng)
             pending.append(m)
             step += 1
-            steps_since_log += 1
+            meter.add_step()
             preempted = ((step % check_every == 0 or step == total_steps)
                          and _agree(bool(sigterm)))
             if preempted or step % log_every == 0 or step == total_steps:
                 flush(step)
                 good, fetched[:] = list(fetched), []
-                elapsed = time.time() - t_log
-                rate = steps_since_log * config.batch_size / max(elapsed, 1e-9)
+                rate, step_s = meter.read()
                 scalars = {
                     'train_loss': float(np.mean([g['loss'] for g in good]))
                                   if good else float('nan'),
@@ -462,13 +497,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 }
                 if config.skip_nonfinite_steps:
                     scalars['skipped_steps'] = skipped
-                left = (total_steps - step) * elapsed / max(steps_since_log, 1)
+                left = (total_steps - step) * step_s
                 logging.info('step %d/%d  loss %.4f  top1 %.4f  lr %.5g  %.1f img/s  '
                              '%s left', step, total_steps, scalars['train_loss'],
                              scalars['train_top1'], scalars['learning_rate'], rate,
                              _format_duration(left))
                 metrics_log.write(step, scalars)
-                t_log, steps_since_log = time.time(), 0
+                meter = Throughput(config.batch_size)
             if preempted:
                 ckpts.save(step, state, identity)
                 ckpts.wait()
@@ -478,17 +513,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             do_ckpt = do_eval or step % ckpt_every == 0 or step == total_steps
             if do_eval or do_ckpt:
                 flush(step)  # never checkpoint past a non-finite step
-            if do_eval:
-                last_eval = evaluate(eval_fn, state, pipeline, mesh)
-                logging.info('eval at step %d: loss %.4f  top1 %.4f  top5 %.4f',
-                             step, last_eval['eval_loss'], last_eval['eval_top1'],
-                             last_eval['eval_top5'])
-                metrics_log.write(step, last_eval)
-                t_log = time.time()  # keep eval time out of images/sec
-            if do_ckpt:
-                ckpts.save(step, state, identity,
-                           metrics={'eval_top1': last_eval['eval_top1']}
-                           if do_eval else None)
+            with meter.paused():  # eval and saves are not training throughput
+                if do_eval:
+                    last_eval = evaluate(eval_fn, state, pipeline, mesh)
+                    logging.info('eval at step %d: loss %.4f  top1 %.4f  top5 %.4f',
+                                 step, last_eval['eval_loss'], last_eval['eval_top1'],
+                                 last_eval['eval_top5'])
+                    metrics_log.write(step, last_eval)
+                if do_ckpt:
+                    ckpts.save(step, state, identity,
+                               metrics={'eval_top1': last_eval['eval_top1']}
+                               if do_eval else None)
         ckpts.wait()
         logging.info('finished %d steps; eval top-1 %.4f, top-5 %.4f',
                      total_steps, last_eval.get('eval_top1', float('nan')),
