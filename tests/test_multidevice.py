@@ -149,7 +149,6 @@ def test_two_processes_never_wait_for_the_devices_between_log_steps(tmp_path):
                            '--config.log_every_steps=4',
                            '--config.checkpoint_every_steps=6',
                            '--config.eval_every_steps=12', '--config.batch_size=32',
-                           '--config.preemption_check_every_steps=1',
                            probe_dir=str(tmp_path))
     outs = _finish(procs, timeout=600)
     for i, (p, (_, err)) in enumerate(zip(procs, outs)):
