@@ -87,9 +87,14 @@ def main(argv):
         last = str(e).strip().splitlines()[-1].strip()
         print(f'error: cannot load the --config file: {last}', file=sys.stderr)
         sys.exit(1)
+    watch = None
     try:
         init_distributed()
         import jax  # pylint: disable=g-import-not-at-top
+        if jax.process_count() > 1:
+            from senet_jax.sharding import PeerWatch  # pylint: disable=g-import-not-at-top
+            watch = PeerWatch(on_lost=lambda message: print(
+                f'error: {message}', file=sys.stderr, flush=True))
         # Keep TensorFlow (the input pipeline) off the accelerators.
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         tf.config.set_visible_devices([], 'GPU')
@@ -98,12 +103,21 @@ def main(argv):
                      jax.process_index(), jax.process_count(),
                      jax.local_device_count(), jax.device_count())
         trainer.train_and_evaluate(config, FLAGS.workdir)
+        if watch:
+            watch.done()
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
     except Preempted as e:
+        if watch:
+            watch.done()
         print(str(e), file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except Exception as e:  # pylint: disable=broad-except
+        # A collective that failed because a peer died: name the peer instead.
+        if watch and type(e).__name__ == 'JaxRuntimeError':
+            watch.settle()
+        raise
 
 
 def parse_flags(argv):

@@ -51,7 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.num_epochs = 100.0
     c.num_train_steps = -1  # > 0 replaces num_epochs; 0 = evaluate init_from only
-    c.half_precision = False  # bf16 compute, fp32 params
+    # Compute dtype: 'auto' = bfloat16 on TPU and GPUs of compute capability
+    # >= 8.0, float16 with loss scaling on older GPUs, float32 on CPU; or
+    # 'float32' / 'bfloat16' / 'float16'. Params, BN statistics, logits: fp32.
+    c.dtype = 'auto'
+    c.half_precision = False  # older spelling of dtype='bfloat16'
     c.seed = 0
 
     # Bookkeeping; 0 = once per epoch.

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -382,40 +383,34 @@ def format_pruning_table(rows: List[dict]) -> str:
 # Models to analyse: a short training run here, or a train.py workdir.
 
 
-@functools.lru_cache(maxsize=16)
-def _train_step(model, weight_decay: float):
-    """One SGD step; the learning rate is an argument, so every schedule shares the compile."""
-    tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=0.9))
-
-    @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
-    def step(params, batch_stats, opt_state, x, y, learning_rate):
-        def loss_fn(p):
-            logits, new = model.apply({'params': p, 'batch_stats': batch_stats}, prepare(x),
-                                      train=True, mutable=['batch_stats'])
-            onehot = jax.nn.one_hot(y, model.num_classes)
-            return optax.softmax_cross_entropy(logits, onehot).mean(), new['batch_stats']
-        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = jax.tree.map(lambda p, u: p - learning_rate * u, params, updates)
-        return params, batch_stats, opt_state
-
-    return tx, step
-
-
 def train_small(model, images, labels, steps: int = 300, batch_size: int = 64,
                 learning_rate: float = 0.1, weight_decay: float = 5e-4, seed: int = 0):
-    """SGD + momentum 0.9 with a cosine schedule, for tests and quick analyses; returns variables."""
+    """A short run through the trainer's own step, for tests and quick analyses;
+    returns variables.
+
+    `images` are uint8 (N, S, S, 3) as the trainer's pipelines serve them. The
+    step, optimizer and jit options are train.py's (`trainer.compile_steps`,
+    `trainer.create_optimizer`): SGD with momentum 0.9, weight decay on the
+    kernels, a cosine schedule from `learning_rate` to 0, fp32, one device.
+    Batches are `batch_size` examples drawn without replacement each step.
+    """
+    from senet_jax import sharding, trainer
+    config = ml_collections.ConfigDict(dict(
+        image_size=int(images.shape[1]), weight_decay=weight_decay, momentum=0.9,
+        nesterov=False, label_smoothing=0.0))
+    learning_rate_fn = optax.cosine_decay_schedule(learning_rate, max(steps, 1))
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    compiled = trainer.compile_steps(
+        config, model, trainer.create_optimizer(config, learning_rate_fn), mesh,
+        num_classes=model.num_classes, learning_rate_fn=learning_rate_fn, dtype='float32')
+    state = compiled.init(jax.random.key(seed, impl='rbg'))
+    dropout_rng = trainer.dropout_key(seed, mesh)
     rng = np.random.default_rng(seed)
-    variables = model.init(jax.random.key(seed), prepare(jnp.asarray(images[:1])))
-    tx, step = _train_step(model, weight_decay)
-    params, batch_stats = variables['params'], variables['batch_stats']
-    opt_state = tx.init(params)
-    for t in range(steps):
-        lr = np.float32(learning_rate * 0.5 * (1 + np.cos(np.pi * t / steps)))
+    for _ in range(steps):
         idx = rng.choice(len(labels), batch_size, replace=False)
-        params, batch_stats, opt_state = step(params, batch_stats, opt_state,
-                                              images[idx], labels[idx], lr)
-    return {'params': params, 'batch_stats': batch_stats}
+        batch = {'image': np.asarray(images[idx]), 'label': np.asarray(labels[idx], np.int32)}
+        state, _ = compiled.train(state, sharding.shard_batch(batch, mesh), dropout_rng)
+    return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def load_workdir(workdir: str, step: Optional[int] = None):

@@ -1,12 +1,14 @@
 """Throughput of a zoo model's inference or training step, optionally beside timm.
 
     python -m senet_jax.benchmark --model se_resnet50 --batch-size 8 --image-size 224 \\
-        --mode train [--dtype float32|bfloat16] [--steps 20] [--compare timm] \\
+        --mode train [--dtype float32|bfloat16|float16] [--steps 20] [--compare timm] \\
         [--baseline resnet50] [--json]
     python -m senet_jax.benchmark --input-pipeline DIR [--image-size 224]
 
-The training step is the trainer's: softmax cross-entropy, backward, SGD with
-momentum, BatchNorm statistics updated. Times are medians over `--rounds` rounds
+The training step is the trainer's own (`senet_jax.trainer.compile_steps`), called
+as `train.py` calls it: uint8 images normalised on device, softmax cross-entropy,
+backward, SGD with momentum and weight decay, BatchNorm statistics updated, the
+state donated. Times are medians over `--rounds` rounds
 of `--steps` steps after compilation; with `--compare timm` the two frameworks
 run in alternating rounds in the same process, so drift hits both alike.
 `--baseline resnet50` times a second zoo model the same way, which is how the
@@ -24,10 +26,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 
-from senet_jax import xla_cpu
-from senet_jax.models import create_model, model_spec
+from senet_jax import precision, xla_cpu
+from senet_jax.models import create_model, model_spec, normalize_images
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (public spec sheets).
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
@@ -46,44 +49,56 @@ def _peak_flops(device):
 
 
 def jax_step(model_name, batch_size, image_size, mode, dtype):
-    """(step_fn, state, batch, forward_flops_per_image, compile_seconds)."""
-    model = create_model(model_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else None)
+    """(step_fn, forward_flops_per_image, compile_seconds) on the first device.
+
+    'train' is the trainer's own step (`trainer.compile_steps`), called as
+    train_and_evaluate calls it: a uint8 batch normalised on device, the state
+    donated, the trainer's optax chain (SGD momentum 0.9, weight decay 1e-4 on
+    kernels), the finite guard and the same jit options.
+    """
+    from senet_jax import sharding, trainer
+    model = create_model(model_name, dtype=None if dtype == 'float32' else precision.DTYPES[dtype])
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 1000, batch_size), jnp.int32)
-    variables = model.init(jax.random.key(0), images[:1])
-    tx = optax.sgd(0.1, momentum=0.9)
-
-    if mode == 'infer':
-        def step(state, x, y):
-            return state, model.apply(state, x, train=False)
-        state = variables
-    else:
-        def step(state, x, y):
-            params, batch_stats, opt_state = state
-
-            def loss_fn(p):
-                logits, new = model.apply({'params': p, 'batch_stats': batch_stats}, x,
-                                          train=True, mutable=['batch_stats'])
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-            (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), new['batch_stats'], opt_state), loss
-        state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-
-    start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0, compiler_options=xla_cpu.compiler_options()).lower(
-        state, images, labels).compile()
-    compile_s = time.perf_counter() - start
-    forward = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images[:1]).compile()
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8)
+    labels = rng.integers(0, 1000, batch_size).astype(np.int32)
+    forward = jax.jit(lambda v, x: model.apply(v, x)).lower(
+        jax.eval_shape(model.init, jax.random.key(0), images[:1].astype(np.float32)),
+        images[:1].astype(np.float32)).compile()
     cost = forward.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    holder = {'state': state}
+    if mode == 'infer':
+        run, compile_s = _infer_step(model, images)
+    else:
+        mesh = sharding.create_mesh(jax.devices()[:1])
+        config = ml_collections.ConfigDict(dict(
+            image_size=image_size, weight_decay=1e-4, momentum=0.9, nesterov=False,
+            label_smoothing=0.0))
+        learning_rate_fn = optax.constant_schedule(0.1)
+        steps = trainer.compile_steps(config, model, trainer.create_optimizer(config, learning_rate_fn),
+                                      mesh, num_classes=1000, learning_rate_fn=learning_rate_fn,
+                                      dtype=dtype)
+        holder = {'state': steps.init(jax.random.key(0, impl='rbg'))}
+        batch = sharding.shard_batch({'image': images, 'label': labels}, mesh)
+        dropout_rng = trainer.dropout_key(0, mesh)
 
-    def run():
-        holder['state'], out = compiled(holder['state'], images, labels)
-        return out
+        def run():
+            holder['state'], metrics = steps.train(holder['state'], batch, dropout_rng)
+            return metrics
+        start = time.perf_counter()
+        jax.block_until_ready(run())   # the compile, and one step
+        compile_s = time.perf_counter() - start
     return run, cost['flops'], compile_s
+
+
+def _infer_step(model, images):
+    """(run, compile_seconds) of the eval-mode forward pass on normalised images."""
+    x = jnp.asarray(normalize_images(images))
+    variables = model.init(jax.random.key(0), x[:1])
+    start = time.perf_counter()
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                       compiler_options=xla_cpu.compiler_options()).lower(variables, x).compile()
+    compile_s = time.perf_counter() - start
+    return (lambda: compiled(variables, x)), compile_s
 
 
 def _import_timm():
@@ -112,7 +127,8 @@ def torch_step(reference, batch_size, image_size, mode, dtype):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         model = torch.compile(model)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+    autocast = torch.autocast(device, dtype=torch.float16 if dtype == 'float16' else torch.bfloat16,
+                              enabled=dtype != 'float32')
     if mode == 'infer':
         model.eval()
 
@@ -251,7 +267,7 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--image-size', type=int, default=224)
     p.add_argument('--mode', choices=('train', 'infer'), default='infer')
-    p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+    p.add_argument('--dtype', choices=tuple(precision.DTYPES), default='float32')
     p.add_argument('--steps', type=int, default=10, help='steps per timed round')
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--warmup', type=int, default=2)

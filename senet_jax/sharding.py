@@ -7,6 +7,9 @@ BatchNorm statistics and gradients over the *global* batch: XLA inserts the
 all-reduces, no pmap/psum needed.
 """
 
+import os
+import threading
+import time
 from typing import Any
 
 import jax
@@ -17,8 +20,33 @@ DATA_AXIS = 'data'
 
 
 def create_mesh(devices=None) -> Mesh:
-    devices = jax.devices() if devices is None else devices
+    """A 'data' mesh over `devices` (default: every device, ordered by process).
+
+    Each process feeds the rows of the global batch that its own devices hold
+    (`shard_batch`), and the input pipelines give process p the p-th slice: so
+    every process's devices must be one contiguous block of the axis, in
+    process order. The default order is; a given order that is not is refused.
+    """
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    problem = process_order_problem(devices)
+    if problem:
+        raise ValueError(problem)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def process_order_problem(devices) -> str | None:
+    """Why `devices` cannot be the 'data' axis (see create_mesh), or None."""
+    order = [d.process_index for d in devices]
+    blocks = [p for i, p in enumerate(order) if i == 0 or order[i - 1] != p]
+    if blocks == sorted(set(order)):
+        return None
+    split = next((p for p in blocks if blocks.count(p) > 1), None)
+    where = (f"process {split}'s devices are split into {blocks.count(split)} blocks"
+             if split is not None else 'the processes are out of order')
+    return (f'the data axis needs each process\'s devices in one contiguous block, '
+            f'in process order, but {where}; order the devices by '
+            '(process_index, id), as create_mesh() does by default')
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -60,3 +88,76 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
         tree)
+
+
+class PeerWatch:
+    """Stops this process, in one line, when another process of the run is lost.
+
+    jax.distributed notices a dead process only at its heartbeat timeout and
+    then aborts with a crash dump, while the survivors may sit in a collective
+    that never completes. Here every process posts a counter to the
+    coordination service's key-value store every `interval_s` seconds and reads
+    the others'; a counter that has not moved for `timeout_s` (or a
+    coordination service that no longer answers) names the lost process,
+    `on_lost(message)` is called and the process exits with status 1. A
+    process that ends normally says so first (`done()`), so its silence
+    afterwards is not a loss.
+    """
+
+    PREFIX = 'senet_jax/peer_watch'
+
+    def __init__(self, on_lost, interval_s: float = 5.0, timeout_s: float = 60.0):
+        from jax._src import distributed  # pylint: disable=g-import-not-at-top
+        self.client = distributed.global_state.client
+        self.on_lost, self.interval_s, self.timeout_s = on_lost, interval_s, timeout_s
+        self.me, self.count = jax.process_index(), jax.process_count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='peer_watch')
+        self._thread.start()
+
+    def done(self):
+        self._stop.set()
+        try:
+            self.client.key_value_set(f'{self.PREFIX}/done/{self.me}', '1',
+                                      allow_overwrite=True)
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    def settle(self):
+        """After a failed collective: waits until a lost process would have
+        been named (and this one stopped); returns if every process is alive."""
+        self._thread.join(self.timeout_s + 2 * self.interval_s)
+
+    def _run(self):
+        seen = {p: (None, time.monotonic()) for p in range(self.count)
+                if p != self.me}
+        beat = 0
+        while not self._stop.wait(self.interval_s if beat else 0):
+            beat += 1
+            try:
+                self.client.key_value_set(f'{self.PREFIX}/alive/{self.me}',
+                                          str(beat), allow_overwrite=True)
+                values = {k.rsplit(self.PREFIX + '/', 1)[-1]: v for k, v in
+                          self.client.key_value_dir_get(self.PREFIX)}
+            except Exception as e:  # pylint: disable=broad-except
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+                return self._lost(0, f'the coordination service on process 0 '
+                                  f'stopped answering ({first[:120]})')
+            now = time.monotonic()
+            for p, (last, since) in seen.items():
+                if f'done/{p}' in values:
+                    continue
+                value = values.get(f'alive/{p}')
+                if value != last:
+                    seen[p] = (value, now)
+                elif now - since > self.timeout_s:
+                    return self._lost(p, f'no sign of life for {self.timeout_s:.0f} s')
+
+    def _lost(self, process, why):
+        if self._stop.is_set():
+            return
+        self.on_lost(f'lost process {process} of {self.count} ({why}); stopping '
+                     'this one too: rerun every process with the same command to '
+                     'resume from the newest checkpoint')
+        os._exit(1)  # pylint: disable=protected-access

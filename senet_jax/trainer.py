@@ -1,43 +1,56 @@
-"""Training and evaluation: TrainState, train_step, eval_step, train_and_evaluate.
+"""Training and evaluation: `train_and_evaluate(config, workdir)`.
 
 Data parallel over a 'data' mesh of every device of every process (see
 sharding.py): the batch is sharded, parameters and optimizer state replicated,
-one `jax.jit` per step. Images arrive as uint8 and are normalised on device.
+one `jax.jit` per step (the steps themselves are in steps.py). The loop reads
+as its story:
+
+  setup            config, mesh, data, model (built once), compiled steps
+  evaluate_only    num_train_steps=0: the init_from weights, no checkpoints
+  restore_or_init  the newest readable checkpoint, else fresh (or init_from)
+  train            steps; at log steps the console line and metrics.jsonl; at
+                   eval and checkpoint steps those; a SIGTERM agreed by every
+                   process saves and stops.
+
+Between those steps the host never waits for the devices: step metrics stay
+on device until a log, eval or checkpoint step fetches them, and batches are
+put on the devices two steps ahead.
 """
 
+import collections
+import contextlib
+import dataclasses
 import functools
+import itertools
 import json
 import math
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from flax.training import train_state
+from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from senet_jax import checkpoint as checkpoint_lib
 from senet_jax import data as data_lib
+from senet_jax import precision
 from senet_jax import sharding as sharding_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
-from senet_jax.models import (create_model, min_input_size, model_spec, normalize_images,
-                              set_overrides)
-
-
-class TrainState(train_state.TrainState):
-    batch_stats: Any
+from senet_jax.models import create_model, min_input_size, model_spec, set_overrides
+from senet_jax.steps import (LossScale, TrainState, create_learning_rate_fn,  # noqa: F401
+                             create_optimizer, create_train_state, cross_entropy_loss,
+                             eval_step, train_step, weight_decay_mask, zero_eval_totals)
 
 
 # ---------------------------------------------------------------------------
-# Config -> model, schedule, optimizer.
+# Config -> model.
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -74,12 +87,15 @@ def validate_config(config: ml_collections.ConfigDict):
                             f'{config[field]}')
 
 
-def create_model_from_config(config, num_classes: int):
+def create_model_from_config(config, num_classes: int, dtype: str | None = None):
+    """The config's zoo model computing in `dtype` (default: the config's, on
+    this machine's first device)."""
     overrides = set_overrides(config.get('model_overrides'))
     if config.get('drop_rate') is not None:
         overrides['drop_rate'] = config.drop_rate
-    if config.half_precision:
-        overrides['dtype'] = jnp.bfloat16
+    dtype = dtype or precision.compute_dtype(config, jax.devices()[0])
+    if dtype != 'float32':
+        overrides['dtype'] = precision.DTYPES[dtype]
     try:
         model = create_model(config.model, num_classes=num_classes, **overrides)
     except ValueError as e:
@@ -91,130 +107,167 @@ def create_model_from_config(config, num_classes: int):
     return model
 
 
-def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int):
-    """Peak lr scaled linearly with the batch (lr * batch / base_batch_size)."""
-    lr = config.learning_rate
-    if config.get('base_batch_size', 0):
-        lr = lr * config.batch_size / config.base_batch_size
-    warmup_steps = int(config.get('warmup_epochs', 0) * steps_per_epoch)
-    total_steps = max(total_steps, 1)
-    if config.lr_schedule == 'cosine':
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
-            decay_steps=max(total_steps, warmup_steps + 1))
-    if config.lr_schedule == 'step':
-        # /10 every lr_decay_epochs epochs (paper: 30).
-        every = max(int(config.lr_decay_epochs * steps_per_epoch), 1)
-        boundaries = {b: config.lr_decay_factor
-                      for b in range(every, total_steps, every)}
-        decay = optax.piecewise_constant_schedule(lr, boundaries)
-        if not warmup_steps:
-            return decay
-        warmup = optax.linear_schedule(0.0, lr, warmup_steps)
-        return optax.join_schedules([warmup, decay], [warmup_steps])
-    if config.lr_schedule == 'constant':
-        return optax.constant_schedule(lr)
-    raise UserError(f'lr_schedule must be step, cosine or constant, got '
-                    f'{config.lr_schedule!r}')
+# ---------------------------------------------------------------------------
+# The compiled steps, as every caller runs them.
 
 
-def weight_decay_mask(params):
-    """True for conv and dense kernels; biases and BatchNorm scales are exempt."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+class Steps(NamedTuple):
+    init: Callable   # rng -> TrainState, replicated
+    train: Callable  # (state, batch, dropout_rng) -> (state, metrics); donates state
+    eval: Callable   # (state, batch, totals) -> totals
 
 
-def create_optimizer(config, learning_rate_fn):
-    """SGD with momentum and coupled weight decay (added to the gradient)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
-        optax.sgd(learning_rate_fn, momentum=config.momentum,
-                  nesterov=config.nesterov))
+def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
+                  dtype: str) -> Steps:
+    """steps.py's functions jitted for `mesh` the way train_and_evaluate runs them.
+
+    The benchmark (`--mode train`) and `analysis.train_small` call these too, so
+    the package has one training step. `config` gives image_size and
+    label_smoothing; batches are dicts of uint8 'image' and int32 'label' (and
+    'mask' for eval) sharded with `sharding_lib.data_sharding(mesh)`.
+    """
+    replicated = sharding_lib.replicated(mesh)
+    compute = precision.DTYPES[dtype]
+    init = jax.jit(functools.partial(create_train_state, config=config, model=model,
+                                     tx=tx, dtype=dtype),
+                   out_shardings=replicated)
+    train = jax.jit(
+        functools.partial(train_step, num_classes=num_classes,
+                          label_smoothing=config.label_smoothing,
+                          learning_rate_fn=learning_rate_fn, dtype=compute),
+        in_shardings=(replicated, sharding_lib.data_sharding(mesh), replicated),
+        out_shardings=(replicated, replicated), donate_argnums=0,
+        compiler_options=xla_cpu.compiler_options())
+    evaluate_fn = jax.jit(
+        functools.partial(eval_step, num_classes=num_classes, dtype=compute),
+        out_shardings=replicated, donate_argnums=2,
+        compiler_options=xla_cpu.compiler_options())
+    return Steps(init, train, evaluate_fn)
 
 
-def create_train_state(rng, config, model, tx) -> TrainState:
-    x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    variables = model.init({'params': rng}, x, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                             batch_stats=variables['batch_stats'], tx=tx)
+def dropout_key(seed: int, mesh):
+    """The dropout key, replicated. Dropout keeps the default generator
+    (threefry), whose streams do not depend on how the batch is sharded."""
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    return jax.random.wrap_key_data(
+        sharding_lib.replicate(jax.random.key_data(key), mesh))
 
 
 # ---------------------------------------------------------------------------
-# Steps.
+# Setup: everything fixed for the run, user errors before the data loads.
 
 
-def cross_entropy_loss(logits, labels, num_classes, label_smoothing=0.0):
-    one_hot = jax.nn.one_hot(labels, num_classes)
-    if label_smoothing:
-        one_hot = optax.smooth_labels(one_hot, label_smoothing)
-    return optax.softmax_cross_entropy(logits, one_hot)
+@dataclasses.dataclass(frozen=True)
+class Run:
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    pipeline: data_lib.InputPipeline
+    dtype: str
+    total_steps: int
+    identity: dict
+    steps: Steps
+    init_rng: Any
+    dropout_rng: Any
 
 
-def _all_finite(tree):
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                                for x in jax.tree.leaves(tree)]))
+def setup(config, workdir: str) -> Run:
+    validate_config(config)
+    mesh = sharding_lib.create_mesh()
+    problem = sharding_lib.batch_size_problem(config.batch_size, mesh)
+    if problem:
+        raise UserError(problem)
+    dtype = precision.compute_dtype(config, jax.devices()[0])
+    # Built before the data so that a bad model option fails at once; the
+    # class count, known from the data, is set after.
+    model = create_model_from_config(config, num_classes=1, dtype=dtype)
+    pipeline = data_lib.create_input_pipeline(config, jax.process_index(),
+                                              jax.process_count())
+    model = model.clone(num_classes=pipeline.num_classes)
+    if config.num_train_steps >= 0:
+        total_steps = config.num_train_steps
+    else:
+        total_steps = int(math.ceil(config.num_epochs * pipeline.steps_per_epoch))
+    learning_rate_fn = create_learning_rate_fn(config, pipeline.steps_per_epoch,
+                                               total_steps)
+    steps = compile_steps(config, model, create_optimizer(config, learning_rate_fn),
+                          mesh, num_classes=pipeline.num_classes,
+                          learning_rate_fn=learning_rate_fn, dtype=dtype)
+    checkpoint_lib.prepare_workdir(workdir)
+    logging.info('compute dtype %s (config dtype=%s)', dtype,
+                 config.get('dtype', 'auto'))
+    # Parameters are initialised once, replicated: the 'rbg' generator compiles
+    # much faster than threefry there.
+    return Run(config=config, workdir=workdir, mesh=mesh, pipeline=pipeline,
+               dtype=dtype, total_steps=total_steps,
+               identity=run_identity(config, pipeline.num_classes), steps=steps,
+               init_rng=jax.random.key(config.seed, impl='rbg'),
+               dropout_rng=dropout_key(config.seed, mesh))
 
 
-def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
-               learning_rate_fn, dtype):
-    """One SGD step on the global batch.
-
-    A step whose loss or gradient is not finite leaves params, batch_stats and
-    optimizer state unchanged (only the step counter advances, it is the data
-    position); metrics['finite'] tells the host, which stops or counts it.
-    """
-    rng = jax.random.fold_in(dropout_rng, state.step)
-    images = normalize_images(batch['image'], dtype)
-
-    def loss_fn(params):
-        logits, new_model_state = state.apply_fn(
-            {'params': params, 'batch_stats': state.batch_stats}, images,
-            train=True, mutable=['batch_stats'], rngs={'dropout': rng})
-        logits = logits.astype(jnp.float32)
-        loss = cross_entropy_loss(logits, batch['label'], num_classes,
-                                  label_smoothing).mean()
-        return loss, (new_model_state, logits)
-
-    (loss, (new_model_state, logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    updated = state.apply_gradients(
-        grads=grads, batch_stats=new_model_state['batch_stats'])
-    finite = (jnp.isfinite(loss) & _all_finite(grads)
-              & _all_finite(updated.params))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                             updated, state.replace(step=updated.step))
-    metrics = {
-        'loss': loss,
-        'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-        'learning_rate': learning_rate_fn(state.step),
-        'finite': finite,
-    }
-    return new_state, metrics
-
-
-def eval_step(state, batch, *, num_classes, dtype):
-    """Masked sums over the global batch (padding rows have mask 0)."""
-    logits = state.apply_fn(
-        {'params': state.params, 'batch_stats': state.batch_stats},
-        normalize_images(batch['image'], dtype), train=False).astype(jnp.float32)
-    mask = batch['mask']
-    labels = batch['label']
-    loss = cross_entropy_loss(logits, labels, num_classes)
-    _, top5 = jax.lax.top_k(logits, min(5, num_classes))
+def run_identity(config, num_classes: int) -> dict:
+    """What a checkpoint records of its run; checkpoint.IDENTITY_FIELDS of it
+    must match to resume. The compute dtype is deliberately not in it."""
     return {
-        'loss': jnp.sum(loss * mask),
-        'top1': jnp.sum((top5[:, 0] == labels) * mask),
-        'top5': jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
-        'count': jnp.sum(mask),
+        'model': config.model, 'num_classes': num_classes,
+        'model_overrides': json.loads(json.dumps(
+            (config.get('model_overrides') or ml_collections.ConfigDict())
+            .to_dict(), default=str)),
+        'dataset': config.dataset, 'batch_size': config.batch_size,
+        'image_size': config.image_size, 'seed': config.seed,
     }
+
+
+# ---------------------------------------------------------------------------
+# The state: fresh, or restored.
+
+
+def fresh_state(run: Run) -> TrainState:
+    state = run.steps.init(run.init_rng)
+    if run.config.init_from:
+        num_classes = run.pipeline.num_classes
+        state = load_init_from(run.config, jax.device_get(state), num_classes)
+        state = sharding_lib.replicate(state, run.mesh)
+        logging.info('initialised from %s', run.config.init_from)
+    return state
+
+
+def checkpointed(state: TrainState) -> TrainState:
+    """What a checkpoint holds: the state without the float16 loss scale, so
+    a run can resume under another compute dtype."""
+    return state.replace(loss_scale=None)
+
+
+def restore_or_init(run: Run, ckpts) -> TrainState:
+    """The newest readable checkpoint's state, or a fresh one if there is none."""
+    replicated = sharding_lib.replicated(run.mesh)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        checkpointed(jax.eval_shape(run.steps.init, run.init_rng)))
+    restored = ckpts.restore_latest(abstract, run.identity)
+    if restored is None:
+        return fresh_state(run)
+    state, step = restored
+    logging.info('resumed from checkpoint step %d in %s%s', step,
+                 ckpts.directory, ' (init_from is only used on a fresh start)'
+                 if run.config.init_from else '')
+    if run.dtype == 'float16':
+        state = state.replace(
+            loss_scale=sharding_lib.replicate(LossScale.create(), run.mesh))
+    return state
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
 
 
 def evaluate(eval_fn, state, pipeline, mesh) -> dict:
-    sums = None
+    """Top-1/top-5 and loss over every eval example; sums stay on device and
+    are fetched once, after the last batch."""
+    totals = sharding_lib.replicate(zero_eval_totals(), mesh)
     for batch in pipeline.eval_batches():
-        out = eval_fn(state, sharding_lib.shard_batch(batch, mesh))
-        out = jax.device_get(out)
-        sums = out if sums is None else jax.tree.map(np.add, sums, out)
+        totals = eval_fn(state, sharding_lib.shard_batch(batch, mesh), totals)
+    sums = jax.device_get(totals)
     n = float(sums['count'])
     return {'eval_loss': float(sums['loss']) / n,
             'eval_top1': float(sums['top1']) / n,
@@ -222,9 +275,208 @@ def evaluate(eval_fn, state, pipeline, mesh) -> dict:
             'eval_examples': int(n)}
 
 
+def evaluate_only(run: Run) -> dict:
+    """num_train_steps=0: evaluates the init_from weights; no checkpoints."""
+    metrics_log = MetricsLog(run.workdir)
+    metrics = evaluate(run.steps.eval, fresh_state(run), run.pipeline, run.mesh)
+    logging.info('eval of %s: top-1 error %.2f%%, top-5 error %.2f%% on %d '
+                 'examples', run.config.init_from, 100 * (1 - metrics['eval_top1']),
+                 100 * (1 - metrics['eval_top5']), metrics['eval_examples'])
+    metrics_log.write(0, metrics)
+    metrics_log.close()
+    return metrics
+
+
+def evaluate_and_log(run: Run, state, metrics_log, step: int) -> dict:
+    metrics = evaluate(run.steps.eval, state, run.pipeline, run.mesh)
+    logging.info('eval at step %d: loss %.4f  top1 %.4f  top5 %.4f', step,
+                 metrics['eval_loss'], metrics['eval_top1'], metrics['eval_top5'])
+    metrics_log.write(step, metrics)
+    return metrics
+
+
+class Throughput:
+    """Images per second of training steps only.
+
+    Time spent inside `paused()` (evaluation, checkpoint saves) is left out of
+    the elapsed time, so a log interval that holds an eval reports the rate of
+    its training steps, not of the steps over the time since the eval.
+    """
+
+    def __init__(self, batch_size: int, clock=time.perf_counter):
+        self.batch_size = batch_size
+        self.clock = clock
+        self.reset()
+
+    def reset(self):
+        self.steps, self.paused_s, self.start = 0, 0.0, self.clock()
+
+    def add_step(self):
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_s += self.clock() - t
+
+    def read(self):
+        """(images/sec, seconds/step) since the last read; starts a new interval."""
+        elapsed = max(self.clock() - self.start - self.paused_s, 1e-9)
+        steps = self.steps
+        self.reset()
+        return steps * self.batch_size / elapsed, elapsed / max(steps, 1)
+
+
 def _format_duration(seconds):
     seconds = int(seconds)
     return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+class StepMetrics:
+    """Per-step metrics, left on the devices until a log, eval or checkpoint
+    step fetches them (a fetch waits for the devices)."""
+
+    def __init__(self, skip_nonfinite: bool, ckpts):
+        self.skip_nonfinite = skip_nonfinite
+        self.ckpts = ckpts
+        self.pending = []  # device metrics not yet fetched
+        self.finite = []   # host metrics of finite steps not yet logged
+        self.last = None   # host metrics of the newest fetched step
+        self.skipped = 0
+
+    def add(self, metrics):
+        self.pending.append(metrics)
+
+    def fetch(self, step: int):
+        """Fetches the pending steps (`step` = steps done); stops at a
+        non-finite one unless told to skip them."""
+        got, first = jax.device_get(self.pending), step - len(self.pending)
+        self.pending = []
+        bad = [first + i + 1 for i, m in enumerate(got) if not m['finite']]
+        if bad and not self.skip_nonfinite:
+            raise NonFiniteLossError(
+                f'non-finite loss or gradient at step {bad[0]}; stopped, keeping '
+                f'the checkpoints of finite steps in {self.ckpts.directory} '
+                f'(newest: {self.ckpts.latest_step()}); lower learning_rate or '
+                'set skip_nonfinite_steps=True')
+        if bad:
+            self.skipped += len(bad)
+            logging.warning('skipped %d non-finite step(s) (%s); %d so far',
+                            len(bad), bad[:5], self.skipped)
+        self.finite.extend(m for m in got if m['finite'])
+        self.last = got[-1] if got else self.last
+
+    def take(self) -> list:
+        finite, self.finite = self.finite, []
+        return finite
+
+
+class ProgressLog:
+    """The console line (loss, accuracy, lr, img/s, time left) and the train
+    lines of metrics.jsonl / TensorBoard."""
+
+    def __init__(self, metrics_log, total_steps: int, batch_size: int,
+                 report_skipped: bool):
+        self.metrics_log = metrics_log
+        self.total_steps = total_steps
+        self.report_skipped = report_skipped
+        self.meter = Throughput(batch_size)
+
+    def write(self, step: int, metrics: StepMetrics):
+        good = metrics.take()
+        rate, step_s = self.meter.read()
+
+        def mean(key):
+            return float(np.mean([g[key] for g in good])) if good else float('nan')
+        scalars = {'train_loss': mean('loss'), 'train_top1': mean('top1'),
+                   'learning_rate': float(metrics.last['learning_rate']),
+                   'images_per_sec': rate}
+        if self.report_skipped:
+            scalars['skipped_steps'] = metrics.skipped
+        logging.info('step %d/%d  loss %.4f  top1 %.4f  lr %.5g  %.1f img/s  '
+                     '%s left', step, self.total_steps, scalars['train_loss'],
+                     scalars['train_top1'], scalars['learning_rate'], rate,
+                     _format_duration((self.total_steps - step) * step_s))
+        self.metrics_log.write(step, scalars)
+
+
+class _Due(periodic_actions.PeriodicAction):
+    """clu's trigger arithmetic (every N steps, and on the given steps); the
+    loop does the work when it says so."""
+
+    def _apply(self, step, t):
+        pass
+
+
+class Schedule:
+    """Which periodic work a step is due for: (log, eval, checkpoint).
+
+    Intervals of 0 mean once per epoch; the last step does all three; an eval
+    step is also a checkpoint step.
+    """
+
+    def __init__(self, config, steps_per_epoch: int, total_steps: int,
+                 start_step: int):
+        def due(n):
+            action = _Due(every_steps=n if n > 0 else steps_per_epoch,
+                          on_steps=[total_steps])
+            action(start_step)  # clu's first call starts the count, never triggers
+            return action
+        self._log = due(config.log_every_steps)
+        self._eval = due(config.eval_every_steps)
+        self._ckpt = due(config.checkpoint_every_steps)
+
+    def __call__(self, step: int):
+        log, ev, ckpt = self._log(step), self._eval(step), self._ckpt(step)
+        return log, ev, ev or ckpt
+
+
+class Preemption:
+    """At each step: has a SIGTERM asked every process to stop here?
+
+    Several processes: jax.distributed's preemption service catches SIGTERM on
+    any of them and the coordination service picks the step all stop at
+    (`reached_preemption_sync_point`), with no collective in the steady state.
+    One process: the SIGTERM handler sets a flag (handlers can only be set
+    from the main thread).
+    """
+
+    def __enter__(self):
+        self.flag, self.previous, self.installed = [], None, False
+        self.several = jax.process_count() > 1
+        if not self.several and (threading.current_thread()
+                                 is threading.main_thread()):
+            self.previous = signal.signal(signal.SIGTERM,
+                                          lambda *_: self.flag.append(True))
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def reached(self, step: int) -> bool:
+        if self.several:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return bool(self.flag)
+
+
+def prefetch(batches, mesh, depth: int = 2):
+    """Host batches -> global arrays on the devices, `depth` batches ahead of
+    the one the step is using (the copies overlap the running steps)."""
+    queue = collections.deque()
+
+    def put(n):
+        for batch in itertools.islice(batches, n):
+            queue.append(sharding_lib.shard_batch(batch, mesh))
+    put(depth)
+    while queue:
+        batch = queue.popleft()
+        put(1)
+        yield batch
 
 
 # ---------------------------------------------------------------------------
@@ -262,219 +514,80 @@ def load_init_from(config, state: TrainState, num_classes: int):
 # The loop.
 
 
-def _every(n, default):
-    return n if n > 0 else default
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from workdir when it holds checkpoints) and evaluates.
 
     Returns the last eval metrics (empty dict when a finished run is rerun).
     """
-    validate_config(config)
-    mesh = sharding_lib.create_mesh()
-    problem = sharding_lib.batch_size_problem(config.batch_size, mesh)
-    if problem:
-        raise UserError(problem)
-    create_model_from_config(config, num_classes=1)  # model errors before data
-    pipeline = data_lib.create_input_pipeline(config, jax.process_index(),
-                                              jax.process_count())
-    num_classes = pipeline.num_classes
-    steps_per_epoch = pipeline.steps_per_epoch
-    if config.num_train_steps >= 0:
-        total_steps = config.num_train_steps
-    else:
-        total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-    model = create_model_from_config(config, num_classes)
-    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-    learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
-    tx = create_optimizer(config, learning_rate_fn)
-    identity = {
-        'model': config.model, 'num_classes': num_classes,
-        'model_overrides': json.loads(json.dumps(
-            (config.get('model_overrides') or ml_collections.ConfigDict())
-            .to_dict(), default=str)),
-        'dataset': config.dataset, 'batch_size': config.batch_size,
-        'image_size': config.image_size, 'seed': config.seed,
-    }
-
-    checkpoint_lib.prepare_workdir(workdir)
-    replicated = sharding_lib.replicated(mesh)
-    # Parameters are initialised once, replicated: the 'rbg' generator compiles
-    # much faster than threefry there. Dropout keeps the default (threefry),
-    # whose streams do not depend on how the batch is sharded.
-    init_rng = jax.random.key(config.seed, impl='rbg')
-    dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    init_fn = jax.jit(functools.partial(create_train_state, config=config,
-                                        model=model, tx=tx),
-                      out_shardings=replicated)
-    abstract_state = jax.eval_shape(init_fn, init_rng)
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        abstract_state)
-
-    def fresh_state():
-        state = init_fn(init_rng)
-        if config.init_from:
-            state = load_init_from(config, jax.device_get(state), num_classes)
-            state = sharding_lib.replicate(state, mesh)
-            logging.info('initialised from %s', config.init_from)
-        return state
-
-    eval_fn = jax.jit(functools.partial(eval_step, num_classes=num_classes,
-                                        dtype=dtype),
-                      compiler_options=xla_cpu.compiler_options())
-    if total_steps == 0:  # eval-only: the init_from weights, no checkpoints
-        metrics_log = MetricsLog(workdir)
-        metrics = evaluate(eval_fn, fresh_state(), pipeline, mesh)
-        logging.info('eval of %s: top-1 error %.2f%%, top-5 error %.2f%% on %d '
-                     'examples', config.init_from, 100 * (1 - metrics['eval_top1']),
-                     100 * (1 - metrics['eval_top5']), metrics['eval_examples'])
-        metrics_log.write(0, metrics)
-        metrics_log.close()
-        return metrics
-
+    run = setup(config, workdir)
+    if run.total_steps == 0:
+        return evaluate_only(run)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
-    restored = ckpts.restore_latest(abstract_state, identity)
-    if restored is not None:
-        state, step = restored
-        logging.info('resumed from checkpoint step %d in %s%s', step,
-                     ckpts.directory,
-                     ' (init_from is only used on a fresh start)'
-                     if config.init_from else '')
-    else:
-        state = fresh_state()
-    start_step = int(jax.device_get(state.step))
-    if start_step >= total_steps:
-        logging.info('already trained to step %d of %d in %s; nothing to do',
-                     start_step, total_steps, workdir)
+    try:
+        state = restore_or_init(run, ckpts)
+        start_step = int(jax.device_get(state.step))
+        if start_step >= run.total_steps:
+            logging.info('already trained to step %d of %d in %s; nothing to do',
+                         start_step, run.total_steps, workdir)
+            return {}
+        log_start(run)
+        metrics_log = MetricsLog(workdir)
+        try:
+            return train(run, state, start_step, ckpts, metrics_log)
+        finally:
+            metrics_log.close()
+    finally:
+        ckpts.wait()
         ckpts.close()
-        return {}
-    metrics_log = MetricsLog(workdir)
 
-    p_train_step = jax.jit(
-        functools.partial(train_step, num_classes=num_classes,
-                          label_smoothing=config.label_smoothing,
-                          learning_rate_fn=learning_rate_fn, dtype=dtype),
-        in_shardings=(replicated, sharding_lib.data_sharding(mesh), replicated),
-        out_shardings=(replicated, replicated), donate_argnums=0,
-        compiler_options=xla_cpu.compiler_options())
-    dropout_rng = sharding_lib.replicate(jax.random.key_data(dropout_rng), mesh)
-    dropout_rng = jax.random.wrap_key_data(dropout_rng)
 
-    log_every = _every(config.log_every_steps, steps_per_epoch)
-    eval_every = _every(config.eval_every_steps, steps_per_epoch)
-    ckpt_every = _every(config.checkpoint_every_steps, steps_per_epoch)
-    check_every = max(config.get('preemption_check_every_steps', 1), 1)
-
-    # SIGTERM only sets a flag; the loop agrees on a step across processes.
-    # (Signal handlers can only be set from the main thread.)
-    sigterm = []
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handler = (signal.signal(signal.SIGTERM,
-                                      lambda *_: sigterm.append(True))
-                        if in_main_thread else None)
-
+def log_start(run: Run):
+    config, pipeline = run.config, run.pipeline
     logging.info('training %s on %s: %d classes, %d train / %d eval examples, '
                  '%d steps (%d per epoch), global batch %d on %d devices, '
-                 '%d process(es)', config.model, config.dataset, num_classes,
-                 pipeline.num_train_examples, pipeline.num_eval_examples,
-                 total_steps, steps_per_epoch, config.batch_size,
-                 mesh.devices.size, jax.process_count())
-    pending = []  # per-step device metrics not yet fetched
-    fetched = []  # host metrics of finite steps since the last console line
-    skipped = 0
+                 '%d process(es)', config.model, config.dataset,
+                 pipeline.num_classes, pipeline.num_train_examples,
+                 pipeline.num_eval_examples, run.total_steps,
+                 pipeline.steps_per_epoch, config.batch_size,
+                 run.mesh.devices.size, jax.process_count())
+
+
+def train(run: Run, state, start_step: int, ckpts, metrics_log) -> dict:
+    """Steps start_step+1 .. total_steps with their periodic work; returns the
+    last eval metrics. Raises Preempted after saving an agreed SIGTERM step."""
+    config = run.config
+    progress = ProgressLog(metrics_log, run.total_steps, config.batch_size,
+                           config.skip_nonfinite_steps)
+    metrics = StepMetrics(config.skip_nonfinite_steps, ckpts)
+    due = Schedule(config, run.pipeline.steps_per_epoch, run.total_steps,
+                   start_step)
+    batches = prefetch(run.pipeline.train_batches(start_step), run.mesh)
     last_eval = {}
-    t_log, steps_since_log = time.time(), 0
-
-    def flush(step):
-        """Fetches pending step metrics into `fetched`; stops at a non-finite
-        step unless told to skip them. `step` is the number of steps done."""
-        nonlocal skipped, pending
-        got = jax.device_get(pending)
-        first = step - len(pending)
-        pending = []
-        bad = [first + i + 1 for i, m in enumerate(got) if not m['finite']]
-        if bad and not config.skip_nonfinite_steps:
-            raise NonFiniteLossError(
-                f'non-finite loss or gradient at step {bad[0]}; stopped, keeping '
-                f'the checkpoints of finite steps in {ckpts.directory} (newest: '
-                f'{ckpts.latest_step()}); lower learning_rate or set '
-                'skip_nonfinite_steps=True')
-        if bad:
-            skipped += len(bad)
-            logging.warning('skipped %d non-finite step(s) (%s); %d so far',
-                            len(bad), bad[:5], skipped)
-        fetched.extend(m for m in got if m['finite'])
-
-    try:
-        batches = pipeline.train_batches(start_step)
-        step = start_step
-        while step < total_steps:
-            batch = sharding_lib.shard_batch(next(batches), mesh)
-            state, m = p_train_step(state, batch, dropout_rng)
-            pending.append(m)
-            step += 1
-            steps_since_log += 1
-            preempted = ((step % check_every == 0 or step == total_steps)
-                         and _agree(bool(sigterm)))
-            if preempted or step % log_every == 0 or step == total_steps:
-                flush(step)
-                good, fetched[:] = list(fetched), []
-                elapsed = time.time() - t_log
-                rate = steps_since_log * config.batch_size / max(elapsed, 1e-9)
-                scalars = {
-                    'train_loss': float(np.mean([g['loss'] for g in good]))
-                                  if good else float('nan'),
-                    'train_top1': float(np.mean([g['top1'] for g in good]))
-                                  if good else float('nan'),
-                    'learning_rate': float(m['learning_rate']),
-                    'images_per_sec': rate,
-                }
-                if config.skip_nonfinite_steps:
-                    scalars['skipped_steps'] = skipped
-                left = (total_steps - step) * elapsed / max(steps_since_log, 1)
-                logging.info('step %d/%d  loss %.4f  top1 %.4f  lr %.5g  %.1f img/s  '
-                             '%s left', step, total_steps, scalars['train_loss'],
-                             scalars['train_top1'], scalars['learning_rate'], rate,
-                             _format_duration(left))
-                metrics_log.write(step, scalars)
-                t_log, steps_since_log = time.time(), 0
-            if preempted:
-                ckpts.save(step, state, identity)
+    with Preemption() as preemption:
+        for step in range(start_step + 1, run.total_steps + 1):
+            state, step_metrics = run.steps.train(state, next(batches),
+                                                  run.dropout_rng)
+            metrics.add(step_metrics)
+            progress.meter.add_step()
+            stop = preemption.reached(step)
+            log_now, eval_now, ckpt_now = due(step)
+            if stop or log_now or ckpt_now:
+                metrics.fetch(step)  # never checkpoint past a non-finite step
+            if stop or log_now:
+                progress.write(step, metrics)
+            if stop:
+                ckpts.save(step, checkpointed(state), run.identity)
                 ckpts.wait()
                 raise Preempted(step)
-
-            do_eval = step % eval_every == 0 or step == total_steps
-            do_ckpt = do_eval or step % ckpt_every == 0 or step == total_steps
-            if do_eval or do_ckpt:
-                flush(step)  # never checkpoint past a non-finite step
-            if do_eval:
-                last_eval = evaluate(eval_fn, state, pipeline, mesh)
-                logging.info('eval at step %d: loss %.4f  top1 %.4f  top5 %.4f',
-                             step, last_eval['eval_loss'], last_eval['eval_top1'],
-                             last_eval['eval_top5'])
-                metrics_log.write(step, last_eval)
-                t_log = time.time()  # keep eval time out of images/sec
-            if do_ckpt:
-                ckpts.save(step, state, identity,
-                           metrics={'eval_top1': last_eval['eval_top1']}
-                           if do_eval else None)
-        ckpts.wait()
-        logging.info('finished %d steps; eval top-1 %.4f, top-5 %.4f',
-                     total_steps, last_eval.get('eval_top1', float('nan')),
-                     last_eval.get('eval_top5', float('nan')))
-        return last_eval
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
-        ckpts.wait()
-        ckpts.close()
-        metrics_log.close()
-
-
-def _agree(flag: bool) -> bool:
-    """True on every process if any process saw `flag` (one tiny all-gather)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+            with progress.meter.paused():  # not training throughput
+                if eval_now:
+                    last_eval = evaluate_and_log(run, state, metrics_log, step)
+                if ckpt_now:
+                    ckpts.save(step, checkpointed(state), run.identity,
+                               metrics={'eval_top1': last_eval['eval_top1']}
+                               if eval_now else None)
+    ckpts.wait()
+    logging.info('finished %d steps; eval top-1 %.4f, top-5 %.4f',
+                 run.total_steps, last_eval.get('eval_top1', float('nan')),
+                 last_eval.get('eval_top5', float('nan')))
+    return last_eval

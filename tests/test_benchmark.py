@@ -103,3 +103,19 @@ def test_bad_arguments_exit_1(capsys):
     assert "Unknown model 'resnet5'" in capsys.readouterr().err
     assert benchmark.main(['--model', 'se_resnet_mini', '--compare', 'timm']) == 1
     assert 'no timm reference' in capsys.readouterr().err
+
+
+def test_train_mode_times_the_trainers_own_step(monkeypatch, capsys):
+    """The benchmark's step is trainer.train_step, jitted by trainer.compile_steps."""
+    from senet_jax import trainer
+    traced = []
+    real = trainer.train_step
+
+    def spy(state, batch, dropout_rng, **kwargs):
+        traced.append((batch['image'].dtype, kwargs['label_smoothing']))
+        return real(state, batch, dropout_rng, **kwargs)
+    monkeypatch.setattr(trainer, 'train_step', spy)
+    assert benchmark.main(['--model', 'se_resnet_mini', '--batch-size', '2', '--image-size', '16',
+                           '--mode', 'train', '--steps', '1', '--rounds', '1', '--warmup', '1',
+                           '--json']) == 0
+    assert traced == [(np.uint8, 0.0)]  # traced once: uint8 images, as train.py feeds them

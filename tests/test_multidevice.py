@@ -5,9 +5,14 @@ subprocesses; the two processes talk over 127.0.0.1 via jax.distributed.
 Different device counts reassociate float sums, hence tolerances.
 """
 
+import json
+import os
 import re
 import signal
 import socket
+import subprocess
+import time
+import types
 
 import pytest
 
@@ -106,3 +111,96 @@ def test_two_processes_sigterm_agree_and_resume_on_another_mesh(
     rerun = tu.run(workdir, *RUN, num_devices=8)
     assert f'resumed from checkpoint step {step}' in rerun.stderr
     _assert_same_run(workdir, one_device)
+
+
+def _two_processes(workdir, *overrides, probe_dir=None):
+    """Starts train.py as 2 processes x 1 device on 127.0.0.1 (through
+    sync_probe.py, writing probe_dir/syncs<i>.json, when probe_dir is given)."""
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        cmd = tu.train_cmd(workdir, *overrides) + [
+            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+            f'--process_id={i}']
+        if probe_dir:
+            cmd[1:2] = [os.path.join(tu.REPO, 'tests', 'sync_probe.py'),
+                        os.path.join(probe_dir, f'syncs{i}.json')]
+        procs.append(subprocess.Popen(cmd, cwd=tu.REPO, env=tu.env(1),
+                                      stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout):
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+@pytest.mark.slow
+def test_two_processes_never_wait_for_the_devices_between_log_steps(tmp_path):
+    """Host-device syncs (array reads, block_until_ready, host collectives)
+    happen only at setup and at log, eval and checkpoint steps; a preemption
+    check every step costs none."""
+    procs = _two_processes(str(tmp_path / 'run'), '--config.num_train_steps=12',
+                           '--config.log_every_steps=4',
+                           '--config.checkpoint_every_steps=6',
+                           '--config.eval_every_steps=12', '--config.batch_size=32',
+                           probe_dir=str(tmp_path))
+    outs = _finish(procs, timeout=600)
+    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, err[-3000:]
+        with open(tmp_path / f'syncs{i}.json') as f:
+            steps = {int(k) for k in json.load(f)}
+        assert steps <= {0, 4, 6, 8, 12}, steps
+        assert {4, 8} <= steps  # the probe sees the log steps' fetches
+
+
+def test_process_order_of_the_data_axis():
+    from senet_jax import sharding
+
+    def devices(*processes):
+        return [types.SimpleNamespace(process_index=p, id=i)
+                for i, p in enumerate(processes)]
+    assert sharding.process_order_problem(devices(0, 0, 1, 1)) is None
+    assert "process 0's devices are split into 2 blocks" in (
+        sharding.process_order_problem(devices(0, 1, 0, 1)))
+    assert 'out of order' in sharding.process_order_problem(devices(1, 1, 0, 0))
+    mesh = sharding.create_mesh()  # the default order is always accepted
+    assert mesh.devices.size == len(mesh.devices.flat)
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_other_in_one_line_and_both_resume(tmp_path):
+    """SIGKILL one of 2 processes: the other exits within 2 minutes, status 1,
+    one line naming the lost process (no hang in a collective, no crash
+    dump); rerunning both resumes from the newest checkpoint."""
+    workdir = str(tmp_path / 'run')
+    procs = _two_processes(workdir, '--config.num_train_steps=100000',
+                           '--config.checkpoint_every_steps=5',
+                           '--config.log_every_steps=5', '--config.batch_size=32')
+    try:
+        tu.wait_for_checkpoint(procs[0], workdir, timeout=300)
+        procs[1].kill()
+        killed = time.time()
+        _, err = procs[0].communicate(timeout=150)
+        waited = time.time() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert waited < 120 and procs[0].returncode == 1, err[-3000:]
+    assert 'Traceback' not in err and 'Fatal Python error' not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('error: lost process 1 of 2'), err[-3000:]
+    newest = tu.checkpoint_steps(workdir)[-1]
+    procs = _two_processes(workdir, f'--config.num_train_steps={newest + 2}',
+                           '--config.checkpoint_every_steps=5',
+                           '--config.log_every_steps=5', '--config.batch_size=32')
+    outs = _finish(procs, timeout=600)
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert f'resumed from checkpoint step {newest}' in err
