@@ -47,15 +47,27 @@ def _cluster_detected() -> bool:
 
 
 def _tpu_attached() -> bool:
-    """A Cloud TPU VM: Google's PCI vendor id on some device."""
-    for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
-        try:
-            with open(vendor) as f:
-                if f.read().strip() == '0x1ae0':
-                    return True
-        except OSError:
-            pass
-    return False
+    """A Cloud TPU VM: a TPU chip on the PCI bus, as JAX itself detects it.
+
+    Google's vendor id alone is not enough: a GCE GPU VM's network card (gVNIC)
+    carries it too, and would be taken for a TPU pod.
+    """
+    try:
+        from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except (ImportError, AttributeError, OSError):
+        # Moved in a later jax: any Google device, so a pod never trains as
+        # separate single hosts (a GPU VM then gets initialize()'s own error).
+        return any(_read(v) == '0x1ae0'
+                   for v in glob.glob('/sys/bus/pci/devices/*/vendor'))
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ''
 
 
 class _QuietOrbax:
