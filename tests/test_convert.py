@@ -83,6 +83,7 @@ def test_hostile_pth_is_refused_and_its_code_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
     sd = reference_state_dict('legacy_se_resnet18')
     weights = tmp_path / 'w.safetensors'
@@ -100,6 +101,7 @@ def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
                                   variables['params']['stage5_block1']['conv2']['kernel'])
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_sentence_and_exit_1(tmp_path):
     sd = reference_state_dict('se_resnet18')
     weights = tmp_path / 'w.safetensors'

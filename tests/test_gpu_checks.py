@@ -30,6 +30,7 @@ def test_every_check_names_zoo_models_and_the_issue_targets(gpu_checks):
                        ('se_resnext101_32x4d', 'images_per_sec'): 1700}
 
 
+@pytest.mark.slow
 def test_checks_run_and_are_tabulated(gpu_checks, monkeypatch, tmp_path, capsys):
     # The mini models stand in for the real ones, so that this stays quick on a CPU.
     monkeypatch.setattr(gpu_checks, 'CHECKS', [

@@ -30,6 +30,7 @@ def test_committed_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_runs(name, monkeypatch, tmp_path):
     monkeypatch.delenv('SENET_WEIGHTS', raising=False)
