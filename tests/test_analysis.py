@@ -100,6 +100,7 @@ def test_class_means_equal_a_direct_computation(trained, digits):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_squeeze_gates_are_averaged_over_space(digits):
     model = create_model('se_resnet_mini', num_classes=NUM_CLASSES, squeeze='none')
     x = digits[1][0][:4]

@@ -116,6 +116,7 @@ def test_cli_bad_input_is_one_sentence_and_exit_1(tmp_path):
         assert message in r.stderr and 'Traceback' not in r.stderr
 
 
+@pytest.mark.slow
 def test_init_from_refuses_weights_of_another_model(tmp_path):
     import optax
     from configs import quickstart
