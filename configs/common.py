@@ -1,6 +1,9 @@
-"""Shared config pieces; the per-model files in this folder build on them.
+"""Shared config pieces; every config file in this folder builds on them.
 
-Not a config itself. Every field here can be overridden on the command line,
+Not a config itself: base_config() holds every field, imagenet_config() the
+paper's ImageNet recipe of the per-model files (configs/se_resnet50.py, ...),
+small_run_config() the CPU-sized run of configs/quickstart.py and of the
+ablations' `local` variants. Every field here can be overridden on the command line,
 e.g. `--config.batch_size=256 --config.data_dir=/data/tfds`.
 """
 
@@ -86,4 +89,29 @@ def imagenet_config(model: str, recipe: str = '') -> ml_collections.ConfigDict:
         c.label_smoothing = 0.1
     elif recipe:
         raise ValueError(f"unknown recipe {recipe!r}; use '' or 'cosine'")
+    return c
+
+
+def small_run_config(num_epochs: float) -> ml_collections.ConfigDict:
+    """se_resnet_mini on scikit-learn's digits (16x16): offline, CPU, minutes.
+
+    Cosine schedule with one warmup epoch, peak lr 0.1 at batch 64; eval and
+    checkpoint once per epoch.
+    """
+    c = base_config()
+    c.model = 'se_resnet_mini'
+    c.dataset = 'digits'
+    c.image_size = 16
+    c.digits_max_shift = 1  # random translation by up to 1 pixel
+    c.batch_size = 64
+    c.base_batch_size = 0  # no linear scaling: learning_rate is the peak rate
+    c.learning_rate = 0.1
+    c.lr_schedule = 'cosine'
+    c.warmup_epochs = 1.0
+    c.weight_decay = 5e-4
+    c.num_epochs = num_epochs
+    c.log_every_steps = 50
+    c.eval_every_steps = 0  # once per epoch
+    c.checkpoint_every_steps = 0  # once per epoch
+    c.preemption_check_every_steps = 1
     return c

@@ -86,7 +86,10 @@ def expected(study, value, local):
     return total
 
 
-@pytest.mark.parametrize('study,value', [(s, v) for s, vs in STUDIES.items() for v in vs])
+# The fast tier builds each study's default; the full suite every value.
+@pytest.mark.parametrize('study,value', [
+    pytest.param(s, v, marks=() if v == DEFAULTS[s] else pytest.mark.slow)
+    for s, vs in STUDIES.items() for v in vs])
 def test_every_value_builds_its_model(study, value):
     module = load(study)
     paper = module.get_config(value)
@@ -100,6 +103,7 @@ def test_every_value_builds_its_model(study, value):
     assert num_params(local) == expected(study, value, local=True)
 
 
+@pytest.mark.slow
 def test_paper_parameter_counts():
     """Tables 10, 13 and 15 of the paper, which round parameters up to 0.1M."""
     millions = lambda study, value: math.ceil(num_params(load(study).get_config(value)) / 1e5) / 10
@@ -121,6 +125,7 @@ def test_defaults_and_errors():
         load('gate').get_config('tanh,relu')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('gate', ['tanh', 'relu'])
 def test_gate_study_starts_with_a_trainable_branch(gate):
     """A tanh / relu gate is 0 at 0: on a zero-initialised branch it would block every

@@ -45,11 +45,13 @@ def test_digits_match_the_training_pipeline():
     np.testing.assert_array_equal(analysis.digits_data(IMAGE_SIZE, 'train')[1], tr_y)
 
 
+@pytest.mark.slow
 def test_training_learns(trained, digits):
     model, variables = trained
     assert analysis.accuracy(model, variables, digits[1]) > 0.5  # chance is 0.1
 
 
+@pytest.mark.slow
 def test_gates_equal_a_manual_excitation(trained, digits):
     model, variables = trained
     images = digits[1][0][:7]
@@ -71,6 +73,7 @@ def test_gates_equal_a_manual_excitation(trained, digits):
     np.testing.assert_allclose(np.asarray(gates['stage4_block0']), s, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_class_means_equal_a_direct_computation(trained, digits):
     model, variables = trained
     x, y = digits[1][0][:130], digits[1][1][:130]
@@ -97,6 +100,7 @@ def test_class_means_equal_a_direct_computation(trained, digits):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_squeeze_gates_are_averaged_over_space(digits):
     model = create_model('se_resnet_mini', num_classes=NUM_CLASSES, squeeze='none')
     x = digits[1][0][:4]
@@ -131,6 +135,7 @@ def test_class_specificity_measures():
         analysis.class_specificity(_stats(same, np.ones(8)), 'entropy')
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(trained, digits, tmp_path):
     model, variables = trained
     stats = analysis.collect_gate_stats(model, variables, digits[1], NUM_CLASSES)
@@ -160,6 +165,7 @@ def test_plot_picks_the_papers_blocks_for_resnet50_layouts(tmp_path):
     assert len(titles) == 8 and titles[0] == others[0] and titles[-1] == others[-1]
 
 
+@pytest.mark.slow
 def test_pruning_zeroes_exactly_the_chosen_channels(trained, digits):
     model, variables = trained
     chosen = {'stage3_block0': np.array([1, 5, 30]), 'stage5_block0': np.array([0])}
@@ -185,6 +191,7 @@ def test_pruning_zeroes_exactly_the_chosen_channels(trained, digits):
     assert np.all(np.abs(se_out[..., [0, 2, 3]]).max(axis=(0, 1, 2)) > 0)
 
 
+@pytest.mark.slow
 def test_channel_ranking(trained, digits):
     model, variables = trained
     stats = analysis.collect_gate_stats(model, variables, digits[0], NUM_CLASSES)
@@ -201,6 +208,7 @@ def test_channel_ranking(trained, digits):
         analysis.channels_to_prune(gate, 1.5)
 
 
+@pytest.mark.slow
 def test_pruning_table(trained, digits):
     model, variables = trained
     baseline = analysis.accuracy(model, variables, digits[1])
@@ -223,6 +231,7 @@ def test_pruning_needs_a_gated_norm():
         analysis.channel_scores(model, variables, 'l1_weight')
 
 
+@pytest.mark.slow
 def test_command_line(capsys, tmp_path):
     png = tmp_path / 'g.png'
     assert analysis.main(['--steps', '10', '--fractions', '0,0.5', '--png', str(png)]) == 0
@@ -233,6 +242,7 @@ def test_command_line(capsys, tmp_path):
     assert png.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_load_workdir_matches_the_trainers_evaluation(tmp_path):
     """A train.py run, loaded back: same architecture, and the trainer's held-out top-1."""
     from configs import quickstart

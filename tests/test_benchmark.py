@@ -10,6 +10,7 @@ from PIL import Image
 from senet_jax import benchmark
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['infer', 'train'])
 def test_benchmark_prints_one_json_object(mode, capsys):
     assert benchmark.main(['--model', 'se_resnet_mini', '--batch-size', '2', '--image-size', '16',
@@ -19,6 +20,7 @@ def test_benchmark_prints_one_json_object(mode, capsys):
     assert result['gmacs_per_image'] > 0 and result['mode'] == mode
 
 
+@pytest.mark.slow
 def test_baseline_is_timed_beside_the_model(capsys):
     assert benchmark.main(['--model', 'se_resnet_mini', '--baseline', 'resnet_mini', '--batch-size', '2',
                            '--image-size', '16', '--steps', '1', '--rounds', '2', '--warmup', '1',
@@ -47,6 +49,7 @@ def mini_has_reference(monkeypatch):
     monkeypatch.setattr(benchmark, 'model_spec', lambda name: spec._replace(reference='seresnet_stub'))
 
 
+@pytest.mark.slow
 def test_timm_comparison_prints_both_ratios(mini_has_reference, monkeypatch, capsys):
     # A stand-in for the PyTorch step: torch is not a requirement.
     monkeypatch.setattr(benchmark, '_import_timm', lambda: None)
@@ -94,6 +97,7 @@ def test_input_pipeline_benchmark_on_an_image_folder(tmp_path, capsys):
     assert result['num_files'] == 4 and result['images_per_sec_per_core'] > 0
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_1(capsys):
     assert benchmark.main(['--batch-size', '0']) == 1
     assert 'must be positive' in capsys.readouterr().err

@@ -83,6 +83,7 @@ def test_hostile_pth_is_refused_and_its_code_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
     sd = reference_state_dict('legacy_se_resnet18')
     weights = tmp_path / 'w.safetensors'
@@ -100,6 +101,7 @@ def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
                                   variables['params']['stage5_block1']['conv2']['kernel'])
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_sentence_and_exit_1(tmp_path):
     sd = reference_state_dict('se_resnet18')
     weights = tmp_path / 'w.safetensors'
@@ -114,6 +116,7 @@ def test_cli_bad_input_is_one_sentence_and_exit_1(tmp_path):
         assert message in r.stderr and 'Traceback' not in r.stderr
 
 
+@pytest.mark.slow
 def test_init_from_refuses_weights_of_another_model(tmp_path):
     import optax
     from configs import quickstart

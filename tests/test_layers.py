@@ -31,6 +31,7 @@ def test_channel_matmul_gradients_equal_autodiff_of_a_dot(cin, cout):
 @pytest.mark.parametrize('kernel,size,stride,groups', [
     (3, 7, 1, 1), (3, 5, 1, 1), (3, 14, 2, 1), (3, 13, 2, 1), (3, 9, 1, 1), (3, 14, 1, 1),
     (1, 9, 1, 1), (1, 9, 2, 1), (3, 9, 2, 4), (7, 11, 2, 1)])
+@pytest.mark.slow
 def test_conv_equals_flax_conv(kernel, size, stride, groups, monkeypatch):
     taken = []
     rule = layers._input_grad_as_matmul
@@ -139,6 +140,7 @@ def test_batch_norm_gradient_through_its_statistics():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hand_written_gradients_work_in_bfloat16():
     from senet_jax import create_model
     model = create_model('se_resnet_mini', dtype=jnp.bfloat16, num_classes=10)

@@ -66,6 +66,7 @@ def _forward_and_grad(model, x):
     return out, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('squeeze', ['avg', 'max', 'none'])
 @pytest.mark.parametrize('gate', ['sigmoid', 'tanh', 'relu'])
 def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gate):
@@ -78,6 +79,7 @@ def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gat
     assert any(float(jnp.abs(g).max()) > 0 for g in se_grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('position', SE_POSITIONS)
 @pytest.mark.parametrize('name', ['se_resnet50', 'se_resnet18'])
 def test_every_se_position_builds_and_trains(position, name):
@@ -127,6 +129,7 @@ def test_squeeze_excite_matches_the_paper_equations():
     np.testing.assert_allclose(se.apply(v, u), u * s[:, None, None, :], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     f32 = create_model('se_resnet50', num_classes=10, zero_init_last=False, **TINY)
@@ -211,6 +214,7 @@ def test_modules_built_by_hand_are_refused_by_the_same_rules(module):
         module()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('gate', ['tanh', 'relu'])
 def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
     # With the last BN scale at 0 the SE input is 0 and a tanh/relu gate would be 0 too,
@@ -233,6 +237,7 @@ def test_config_overrides_and_input_normalisation_helpers():
     assert out.dtype == jnp.bfloat16 and float(jnp.abs(out.astype(jnp.float32)).max()) < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('bottleneck', [True, False])
 def test_fused_se_block_equals_the_steps_spelled_out(bottleneck):
     """The fused BN + SE + addition + ReLU: same outputs, statistics, gates and gradients."""

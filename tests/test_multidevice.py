@@ -18,6 +18,8 @@ import pytest
 
 import test_train_utils as tu
 
+pytestmark = pytest.mark.slow  # train.py subprocesses on 1, 8 and 2x4 devices
+
 RUN = ('--config.num_train_steps=30', '--config.log_every_steps=1',
        '--config.checkpoint_every_steps=5', '--config.eval_every_steps=30',
        '--config.batch_size=32')

@@ -82,6 +82,7 @@ def test_committed_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_setup_cell_is_a_colab_form_field_left_unset(name):
     nb = nbformat.read(os.path.join(COLAB, name), as_version=4)

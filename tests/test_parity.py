@@ -32,6 +32,7 @@ def test_every_reference_model_has_a_fixture():
     assert sorted(f[:-5] for f in os.listdir(FIXTURES)) == sorted(NAMES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_matches_reference(name):
     ref = _fixture(name)
@@ -48,6 +49,7 @@ def test_matches_reference(name):
         assert rel < 1e-4, f'{name} at {h}x{w}: max relative difference {rel:.2e}'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', TRAIN_NAMES)
 def test_training_step_matches_reference(name):
     """Training mode against PyTorch autograd, both in float64: loss, logits, the

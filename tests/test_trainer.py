@@ -34,6 +34,7 @@ def _no_traceback(proc):
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     workdir = str(tmp_path / 'quickstart')
     start = time.time()
@@ -57,6 +58,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert time.time() - start < min(first, 30)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_matches_uninterrupted(reference, tmp_path):
     workdir = str(tmp_path / 'run')
     proc = tu.start(workdir, *tu.SHORT_RUN)
@@ -74,6 +76,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(reference, tmp_path):
             tu.last_eval(reference)[key], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_agreed_step_and_next_start_continues(reference,
                                                            tmp_path):
     workdir = str(tmp_path / 'run')
@@ -98,6 +101,7 @@ def _damage(checkpoint_dir):
                 fh.write(b'\0damaged')
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_previous(reference,
                                                           tmp_path):
     workdir = str(tmp_path / 'run')
@@ -120,6 +124,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(reference,
     tu.assert_trees_close(tu.load_params(workdir), tu.load_params(reference))
 
 
+@pytest.mark.slow
 def test_all_checkpoints_unreadable_stops_instead_of_restarting(reference,
                                                                 tmp_path):
     workdir = str(tmp_path / 'run')
@@ -135,6 +140,7 @@ def test_all_checkpoints_unreadable_stops_instead_of_restarting(reference,
     assert 'step 10/' not in proc.stderr  # did not train from scratch
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step(tmp_path):
     workdir = str(tmp_path / 'run')
     proc = tu.run(workdir, '--config.learning_rate=1e30',
@@ -151,6 +157,7 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path):
             assert np.all(np.isfinite(leaf))
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_can_be_skipped(tmp_path):
     workdir = str(tmp_path / 'run')
     tu.run(workdir, '--config.learning_rate=1e30', '--config.num_train_steps=20',
@@ -162,6 +169,7 @@ def test_nonfinite_steps_can_be_skipped(tmp_path):
         assert np.all(np.isfinite(leaf))
 
 
+@pytest.mark.slow
 def test_workdir_of_another_model_is_refused(reference, tmp_path):
     workdir = str(tmp_path / 'run')
     shutil.copytree(reference, workdir)
@@ -202,6 +210,7 @@ def test_bad_config_is_a_user_error(tmp_path, override, message):
     ('--config.model_overrides.reduction=0', 'reduction (r) must be at least 1'),
     ('--config.model_overrides.se_position=middle', 'se_position must be one of'),
 ])
+@pytest.mark.slow
 def test_bad_flags_are_one_error_line(tmp_path, flag, message):
     import subprocess
     proc = subprocess.run(tu.train_cmd(str(tmp_path), flag), cwd=tu.REPO,
@@ -213,6 +222,7 @@ def test_bad_flags_are_one_error_line(tmp_path, flag, message):
     assert last.startswith('error: ') and message in last, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
     from senet_jax import convert
     ref = tu.load_params(reference)

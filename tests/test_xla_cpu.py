@@ -5,11 +5,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from senet_jax import xla_cpu
 from senet_jax.models import create_model
 
 
+@pytest.mark.slow
 def test_options_compile_and_keep_the_results():
     options = xla_cpu.compiler_options()
     assert options == {xla_cpu.YNN_FUSION_TYPE: xla_cpu.WITHOUT_CONVOLUTIONS}

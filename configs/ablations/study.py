@@ -31,24 +31,8 @@ def parse_arg(arg: str, default: str):
 
 
 def local_config() -> ml_collections.ConfigDict:
-    """se_resnet_mini on digits (16x16), cosine schedule, LOCAL_EPOCHS epochs."""
-    c = common.base_config()
-    c.model = 'se_resnet_mini'
-    c.dataset = 'digits'
-    c.image_size = 16
-    c.digits_max_shift = 1
-    c.batch_size = 64
-    c.base_batch_size = 0  # learning_rate is the peak rate
-    c.learning_rate = 0.1
-    c.lr_schedule = 'cosine'
-    c.warmup_epochs = 1.0
-    c.weight_decay = 5e-4
-    c.num_epochs = LOCAL_EPOCHS
-    c.log_every_steps = 50
-    c.eval_every_steps = 0
-    c.checkpoint_every_steps = 0
-    c.preemption_check_every_steps = 1
-    return c
+    """se_resnet_mini on digits: the quickstart's recipe, LOCAL_EPOCHS epochs."""
+    return common.small_run_config(num_epochs=LOCAL_EPOCHS)
 
 
 def ablation_config(study: str, arg: str, values: Dict[str, Callable[[], dict]],
