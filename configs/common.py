@@ -66,7 +66,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3  # the newest few, plus the best by eval top-1
-    c.preemption_check_every_steps = 5  # SIGTERM agreement across processes
     c.skip_nonfinite_steps = False  # True: skip NaN/Inf steps instead of stopping
     c.init_from = ''  # directory of converted weights (python -m senet_jax.convert)
     return c
@@ -113,5 +112,4 @@ def small_run_config(num_epochs: float) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 0  # once per epoch
     c.checkpoint_every_steps = 0  # once per epoch
-    c.preemption_check_every_steps = 1
     return c

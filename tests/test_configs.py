@@ -31,7 +31,7 @@ SMALL_RUN = dict(model='se_resnet_mini', dataset='digits', image_size=16,
                  digits_max_shift=1, batch_size=64, base_batch_size=0,
                  learning_rate=0.1, lr_schedule='cosine', warmup_epochs=1.0,
                  weight_decay=5e-4, log_every_steps=50, eval_every_steps=0,
-                 checkpoint_every_steps=0, preemption_check_every_steps=1)
+                 checkpoint_every_steps=0)
 
 
 def load(config_arg, monkeypatch):
