@@ -320,9 +320,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = create_optimizer(config, learning_rate_fn)
     identity = {
         'model': config.model, 'num_classes': num_classes,
+        # kernels changes how the layers are computed, not what: a run may
+        # resume under another.
         'model_overrides': json.loads(json.dumps(
-            (config.get('model_overrides') or ml_collections.ConfigDict())
-            .to_dict(), default=str)),
+            {k: v for k, v in (config.get('model_overrides') or ml_collections.ConfigDict())
+             .to_dict().items() if k != 'kernels'}, default=str)),
         'dataset': config.dataset, 'batch_size': config.batch_size,
         'image_size': config.image_size, 'seed': config.seed,
     }

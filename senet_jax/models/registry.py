@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from senet_jax.models.resnet import SE_POSITIONS, STAGES, ResNet
+from senet_jax.cpu_kernels import KERNELS
 from senet_jax.layers import GATES, SQUEEZES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -124,6 +125,10 @@ def validate_options(**options):
         raise ValueError(f"num_classes must be at least 1, got {options['num_classes']}.")
     if 'drop_rate' in options and not 0 <= options['drop_rate'] < 1:
         raise ValueError(f"drop_rate must be in [0, 1), got {options['drop_rate']}.")
+    if 'kernels' in options and options['kernels'] not in KERNELS:
+        close = difflib.get_close_matches(str(options['kernels']), KERNELS, n=1)
+        hint = f' Did you mean {close[0]!r}?' if close else ''
+        raise ValueError(f"kernels must be one of {KERNELS}, got {options['kernels']!r}.{hint}")
 
 
 def create_model(name: str, num_classes: int = 1000, **overrides) -> ResNet:
