@@ -113,6 +113,19 @@ def test_a_bad_kernels_flag_is_one_error_line(tmp_path):
         "error: kernels must be one of ('auto', 'plain', 'cpu'), got 'gpu'. Did you mean 'cpu'?")
 
 
+@pytest.mark.slow
+def test_a_run_resumes_under_another_form(tmp_path):
+    """kernels says how, not what, is computed: the workdir identity ignores it."""
+    import test_train_utils as tu
+    workdir = str(tmp_path / 'run')
+    every = ('--config.checkpoint_every_steps=2', '--config.log_every_steps=2')
+    tu.run(workdir, '--config.num_train_steps=2', '--config.eval_every_steps=2', *every)
+    proc = tu.run(workdir, '--config.num_train_steps=4', '--config.eval_every_steps=4', *every,
+                  '--config.model_overrides.kernels=plain')
+    assert 'resumed from checkpoint step 2' in proc.stderr
+    assert tu.checkpoint_steps(workdir)[-1] == 4
+
+
 # ---------------------------------------------------------------------------
 # The programs for each platform, exported from this CPU-only machine.
 
