@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
         'gate': ml_collections.config_dict.placeholder(str),
         'se_position': ml_collections.config_dict.placeholder(str),
         'se_stages': ml_collections.config_dict.placeholder(tuple),
+        # 'plain' or 'cpu' forces how the layers are computed (None: by platform).
+        'kernels': ml_collections.config_dict.placeholder(str),
     })
     # None = the model's own default (0.2 for senet154); a placeholder so that
     # --config.drop_rate=0.3 works.

@@ -6,7 +6,7 @@
 Batch 8, fp32, NHWC, padding 1; milliseconds, the median of 5 rounds of 5 calls
 (`senet_jax.benchmark.time_round`). 'input grad' is XLA's gradient of the
 convolution; 'conv3x3' is the input gradient the models use
-(`senet_jax.layers.conv3x3`), which is XLA's at stride 1 on maps larger than
+(`senet_jax.cpu_kernels.conv3x3`), which is XLA's at stride 1 on maps larger than
 7x7. Prefix `taskset -c 0` for one thread.
 """
 import os
@@ -17,7 +17,7 @@ import jax
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root
-from senet_jax import layers, xla_cpu  # noqa: E402
+from senet_jax import cpu_kernels, xla_cpu  # noqa: E402
 from senet_jax.benchmark import time_round  # noqa: E402
 
 # (spatial size of the input, channels, stride): conv2_x .. conv5_x, and the strided first blocks.
@@ -43,7 +43,7 @@ def main(argv):
         input_grad = lambda f: jit(lambda x, w, g: jax.vjp(lambda x: f(x, w), x)[1](g)[0])
         forward = _ms(jit(conv), x, w)
         dgrad = _ms(input_grad(conv), x, w, g)
-        ours = _ms(input_grad(lambda x, w: layers.conv3x3(x, w, stride)), x, w, g)
+        ours = _ms(input_grad(lambda x, w: cpu_kernels.conv3x3(x, w, stride)), x, w, g)
         wgrad = _ms(jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]), x, w, g)
         print(f'{size}x{size}x{channels} stride {stride}: forward {forward:6.2f}  '
               f'input grad {dgrad:6.2f}  conv3x3 {ours:6.2f}  weight grad {wgrad:6.2f} ms')

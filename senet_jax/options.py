@@ -18,6 +18,7 @@ SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
 STAGES = (2, 3, 4, 5)      # conv2_x .. conv5_x
 STEMS = ('7x7', 'deep', 'small')
 STEM_POOLS = ('pad', 'ceil', None)
+KERNELS = ('auto', 'plain', 'cpu')   # how layers compute (cpu_kernels.choose), not what
 
 
 def did_you_mean(given: Any, known: Iterable[Any]) -> str:
@@ -57,6 +58,7 @@ _RULES: Dict[str, _Rule] = {
     'widths': _Rule(_per_stage, f'one width per stage ({len(STAGES)} entries)'),
     'num_classes': _Rule(lambda n: n >= 1, 'at least 1'),
     'drop_rate': _Rule(lambda p: 0 <= p < 1, 'in [0, 1)'),
+    'kernels': _one_of(KERNELS),
 }
 
 

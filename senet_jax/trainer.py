@@ -207,12 +207,13 @@ def setup(config, workdir: str) -> Run:
 
 def run_identity(config, num_classes: int) -> dict:
     """What a checkpoint records of its run; checkpoint.IDENTITY_FIELDS of it
-    must match to resume. The compute dtype is deliberately not in it."""
+    must match to resume. The compute dtype and `kernels` (how the layers
+    compute, not what) are deliberately not in it."""
+    overrides = (config.get('model_overrides') or ml_collections.ConfigDict()).to_dict()
+    overrides.pop('kernels', None)
     return {
         'model': config.model, 'num_classes': num_classes,
-        'model_overrides': json.loads(json.dumps(
-            (config.get('model_overrides') or ml_collections.ConfigDict())
-            .to_dict(), default=str)),
+        'model_overrides': json.loads(json.dumps(overrides, default=str)),
         'dataset': config.dataset, 'batch_size': config.batch_size,
         'image_size': config.image_size, 'seed': config.seed,
     }

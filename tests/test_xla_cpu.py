@@ -1,4 +1,5 @@
-"""The XLA:CPU compiler options: valid for this jaxlib, same results, user flags respected."""
+"""The XLA:CPU compiler options: valid for this jaxlib, same results, user flags respected,
+and only for a CPU backend."""
 import subprocess
 import sys
 
@@ -7,8 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from senet_jax import xla_cpu
+from senet_jax import cpu_kernels, xla_cpu
 from senet_jax.models import create_model
+
+
+def test_the_public_name_is_the_cpu_kernels_one():
+    assert xla_cpu.compiler_options is cpu_kernels.compiler_options
+
+
+def test_no_options_for_another_backend(monkeypatch):
+    # A GPU or TPU compiler would refuse XLA:CPU's options.
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+    assert cpu_kernels.compiler_options() is None
 
 
 @pytest.mark.slow

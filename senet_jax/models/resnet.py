@@ -21,19 +21,21 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from senet_jax.layers import BatchNorm, Conv, SqueezeExcite, materialize, max_pool, max_pool_ceil
+from senet_jax import cpu_kernels
+from senet_jax.layers import BatchNorm, Conv, SqueezeExcite, max_pool_ceil
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
 Dtype = Any
 
 
-def _conv_and_norm(train, dtype, param_dtype):
+def _conv_and_norm(train, dtype, param_dtype, kernels):
     """Bias-free convolution with padding k // 2 and BatchNorm (PyTorch's momentum,
     epsilon and unbiased running variance) for every layer: conv(features,
-    kernel_size, strides, groups)."""
-    conv = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype)
+    kernel_size, strides, groups); both computed as `kernels` (a cpu_kernels.Kernels) says."""
+    conv = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype, convolve=kernels.conv)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             unbiased_var=True, dtype=dtype, param_dtype=param_dtype)
+                             unbiased_var=True, dtype=dtype, param_dtype=param_dtype,
+                             normalize=kernels.batch_norm_train)
     return conv, norm
 
 
@@ -64,12 +66,14 @@ class ResidualBlock(nn.Module):
     # one elementwise pass (see _fused_se_output). False spells the steps out one
     # by one; the results agree to rounding.
     fuse_se: bool = True
+    kernels: str = 'auto'         # see ResNet
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
+        kernels = cpu_kernels.choose(self.kernels)
+        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
         # block every gradient to that branch forever: start such branches at 1.
         dead_gate = (self.se is not None and self.se_position == 'standard'
@@ -117,8 +121,8 @@ class ResidualBlock(nn.Module):
             out = _fused_se_output(y, a, b, s, shortcut)
         else:
             out = nn.relu(y + shortcut)
-        # Written out once: the next block reads it in several places (see materialize).
-        return materialize(se('post')(out), anchor=self.variables['params'][last_bn]['scale'])
+        # Written out once on CPU: the next block reads it in several places.
+        return kernels.materialize(se('post')(out), self.variables['params'][last_bn]['scale'])
 
 
 def _fused_se_output(u, a, b, s, shortcut):
@@ -165,6 +169,9 @@ class ResNet(nn.Module):
     se_divisor: int = 1
     se_bias: bool = True
     fuse_se: bool = True   # see ResidualBlock; False keeps each step's output for capture_intermediates
+    # How the layers are computed, never what: 'auto' (senet_jax.cpu_kernels on
+    # CPU, the plain layers on GPU and TPU), 'plain' or 'cpu' everywhere.
+    kernels: str = 'auto'
     drop_rate: float = 0.0
     zero_init_last: bool = True
     dtype: Optional[Dtype] = None
@@ -176,7 +183,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
-        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype)
+        kernels = cpu_kernels.choose(self.kernels)
+        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         x = x.astype(self.dtype or x.dtype)
         features = {}
 
@@ -192,9 +200,9 @@ class ResNet(nn.Module):
             x = nn.relu(norm(name='stem_bn1')(x))
         features['stem'] = x
         if self.stem_pool == 'pad':
-            x = max_pool(x, 3, 2, ((1, 1), (1, 1)))
+            x = kernels.max_pool(x, 3, 2, ((1, 1), (1, 1)))
         elif self.stem_pool == 'ceil':
-            x = max_pool_ceil(x, 3, 2)
+            x = max_pool_ceil(x, 3, 2, pool=kernels.max_pool)
 
         expansion = 4 if self.bottleneck else 1
         for i, (stage, depth, planes) in enumerate(zip(STAGES, self.layers, self.widths)):
@@ -212,7 +220,8 @@ class ResNet(nn.Module):
                     reduce_first=self.reduce_first, stride_on_1x1=self.stride_on_1x1,
                     act_before_se=self.act_before_se, downsample_kernel=self.downsample_kernel,
                     se=se, se_position=self.se_position, zero_init_last=self.zero_init_last,
-                    fuse_se=self.fuse_se, dtype=self.dtype, param_dtype=self.param_dtype,
+                    fuse_se=self.fuse_se, kernels=self.kernels, dtype=self.dtype,
+                    param_dtype=self.param_dtype,
                     name=f'stage{stage}_block{b}')(x, train)
             features[f'conv{stage}_x'] = x
         if return_features:
