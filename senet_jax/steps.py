@@ -12,41 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 from flax.training import train_state
+from flax.training.dynamic_scale import DynamicScale
 
 from senet_jax.errors import UserError
 from senet_jax.models import normalize_images
 
 
-class LossScale(struct.PyTreeNode):
-    """Dynamic loss scaling for float16 compute (Micikevicius et al., 2018).
-
-    The loss is multiplied by `scale` before the backward pass so small float16
-    gradients do not flush to zero. A step whose scaled gradient overflows is
-    skipped and the scale halved; after `period` good steps in a row it doubles.
-    Powers of two keep the unscaled gradient exact.
-    """
-    scale: jax.Array
-    good_steps: jax.Array
-    period: int = struct.field(pytree_node=False, default=2000)
-
-    @classmethod
-    def create(cls, initial: float = 2.0 ** 15):
-        return cls(scale=jnp.float32(initial), good_steps=jnp.int32(0))
-
-    def adjust(self, grads_finite):
-        grow = grads_finite & (self.good_steps + 1 >= self.period)
-        scale = jnp.where(grads_finite, jnp.where(grow, self.scale * 2, self.scale),
-                          jnp.maximum(self.scale / 2, 1.0))
-        good = jnp.where(grads_finite & ~grow, self.good_steps + 1, 0)
-        return self.replace(scale=scale, good_steps=good)
-
-
 class TrainState(train_state.TrainState):
     batch_stats: Any
-    # float16 compute only; never checkpointed (a resume starts a fresh scale).
-    loss_scale: LossScale | None = None
+    # float16 compute only: flax's dynamic loss scaling (Micikevicius et al.,
+    # 2018). Never checkpointed; a resume starts a fresh scale.
+    loss_scale: DynamicScale | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -100,7 +77,7 @@ def create_train_state(rng, config, model, tx, dtype='float32') -> TrainState:
     return TrainState.create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'], tx=tx,
-        loss_scale=LossScale.create() if dtype == 'float16' else None)
+        loss_scale=DynamicScale() if dtype == 'float16' else None)
 
 
 # ---------------------------------------------------------------------------
@@ -140,23 +117,24 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
         logits = logits.astype(jnp.float32)
         loss = cross_entropy_loss(logits, batch['label'], num_classes,
                                   label_smoothing).mean()
-        aux = (loss, new_model_state, logits)
-        return (loss * state.loss_scale.scale if scaled else loss), aux
+        return loss, (loss, new_model_state, logits)  # aux: the loss unscaled
 
-    (_, (loss, new_model_state, logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    # float16: the loss scale multiplies the loss and divides the gradient.
+    value_and_grad = state.loss_scale.value_and_grad if scaled else jax.value_and_grad
+    out = value_and_grad(loss_fn, has_aux=True)(state.params)
     if scaled:
-        grads = jax.tree.map(lambda g: g / state.loss_scale.scale, grads)
+        loss_scale, grads_finite, (_, (loss, new_model_state, logits)), grads = out
+    else:
+        (_, (loss, new_model_state, logits)), grads = out
+        grads_finite = _all_finite(grads)
     updated = state.apply_gradients(
         grads=grads, batch_stats=new_model_state['batch_stats'])
-    grads_finite = _all_finite(grads)
     apply = jnp.isfinite(loss) & grads_finite & _all_finite(updated.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
                              updated, state.replace(step=updated.step))
     finite = apply
     if scaled:
-        new_state = new_state.replace(
-            loss_scale=state.loss_scale.adjust(grads_finite))
+        new_state = new_state.replace(loss_scale=loss_scale)
         finite = apply | (jnp.isfinite(loss) & ~grads_finite)
     metrics = {
         'loss': loss,

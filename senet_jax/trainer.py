@@ -44,7 +44,7 @@ from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import create_model, min_input_size, model_spec, set_overrides
-from senet_jax.steps import (LossScale, TrainState, create_learning_rate_fn,  # noqa: F401
+from senet_jax.steps import (DynamicScale, TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
                              eval_step, train_step, weight_decay_mask, zero_eval_totals)
 
@@ -254,7 +254,7 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
                  if run.config.init_from else '')
     if run.dtype == 'float16':
         state = state.replace(
-            loss_scale=sharding_lib.replicate(LossScale.create(), run.mesh))
+            loss_scale=sharding_lib.replicate(DynamicScale(), run.mesh))
     return state
 
 

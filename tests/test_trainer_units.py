@@ -346,20 +346,11 @@ def test_bad_dtype_is_one_sentence():
                                 _device('cpu'))
 
 
-def test_loss_scale_halves_on_overflow_and_grows_after_a_period():
-    scale = trainer.LossScale.create(8.0).replace(period=3)
-    scale = scale.adjust(np.bool_(False))
-    assert float(scale.scale) == 4.0 and int(scale.good_steps) == 0
-    for _ in range(3):
-        scale = scale.adjust(np.bool_(True))
-    assert float(scale.scale) == 8.0 and int(scale.good_steps) == 0
-
-
 @pytest.mark.slow
 def test_float16_step_skips_an_overflow_and_keeps_float32_state(tmp_path):
     run = trainer.setup(tiny_config(dtype='float16'), str(tmp_path))
     state = run.steps.init(run.init_rng)
-    assert float(state.loss_scale.scale) == 2.0 ** 15
+    assert float(state.loss_scale.scale) == 2.0 ** 16
     # A scale that overflows float16: the step is skipped (not an error) and
     # the scale halves; params, batch_stats stay float32.
     huge = state.replace(loss_scale=state.loss_scale.replace(
