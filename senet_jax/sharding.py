@@ -76,18 +76,17 @@ def local_batch_size(global_batch_size: int) -> int:
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Host-local numpy batch (this process's rows) -> global jax.Arrays."""
-    sharding = data_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-        batch)
+    return _global_arrays(batch, data_sharding(mesh))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Host values identical on every process -> replicated global jax.Arrays."""
-    sharding = replicated(mesh)
+    return _global_arrays(tree, replicated(mesh))
+
+
+def _global_arrays(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-        tree)
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
 class PeerWatch:
