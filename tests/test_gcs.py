@@ -70,6 +70,10 @@ def gcs():
     }
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
+    # epath picks its gs:// backend once per process (functools.cache), and an
+    # earlier test may have made it pick TensorFlow's: pick again, here and after.
+    from etils.epath import gpath
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
     pytest.importorskip('gcsfs')  # after GCSFS_* is set: read at import
     import fsspec
     fsspec.config.conf.setdefault('gcs', {})['use_listings_cache'] = False
@@ -94,6 +98,7 @@ def gcs():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
 
 
 def _path(url):
