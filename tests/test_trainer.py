@@ -207,7 +207,7 @@ def test_bad_config_is_a_user_error(tmp_path, override, message):
     ('--config=configs/se_resnet50.py:foo', "unknown recipe 'foo'"),
     ('--config.model_overrides.reducton=8', 'Did you mean "reduction"'),
     ('--config.model_overrides.xyz=8', "the config has no field 'xyz'"),
-    ('--config.model_overrides.reduction=0', 'reduction (r) must be at least 1'),
+    ('--config.model_overrides.reduction=0', 'reduction must be at least 1 (the ratio r), got 0'),
     ('--config.model_overrides.se_position=middle', 'se_position must be one of'),
 ])
 @pytest.mark.slow
