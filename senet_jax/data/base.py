@@ -1,10 +1,11 @@
 """What a source module provides, and the pipeline the trainer receives."""
 
+import abc
 import dataclasses
 from typing import Callable, Iterator
 
 
-class Source:
+class Source(abc.ABC):
     """A dataset seen by one process: its sizes and its two streams.
 
     Each source module (digits, fake, imagefolder, tfds) subclasses it; its
@@ -16,13 +17,13 @@ class Source:
     # Set where the process's eval slice is not cut by indexing.eval_index_batches.
     num_eval_batches: int | None = None
 
+    @abc.abstractmethod
     def train_batches(self, start_step: int) -> Iterator[dict]:
         """Batches of steps start_step, start_step + 1, ... (endless)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def eval_batches(self) -> Iterator[dict]:
         """num_eval_batches masked batches covering this process's eval slice."""
-        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)
