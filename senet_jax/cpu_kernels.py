@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax import layers
-from senet_jax.options import KERNELS, validate_options
+from senet_jax.options import validate_options
 
 
 class Kernels(NamedTuple):
