@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from senet_jax.checkpoint import user_path
-from senet_jax.models import ResNet, create_model, model_spec
+from senet_jax.models import create_model, model_spec
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -39,8 +39,8 @@ class ConversionError(ValueError):
 
 # --- Flax path -> PyTorch key -------------------------------------------------
 
-def _torch_module(path: Tuple[str, ...], layout: str) -> str:
-    """The reference's module name for a Flax module path."""
+def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
+    """The reference's module name for a Flax module path of `models/resnet.py`."""
     legacy = layout == 'legacy'
     head, rest = path[0], list(path[1:])
     if head.startswith('stem_'):
@@ -54,6 +54,18 @@ def _torch_module(path: Tuple[str, ...], layout: str) -> str:
         parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': 'downsample.0',
                       'downsample_bn': 'downsample.1'}.get(p, p))
     return '.'.join(parts)
+
+
+# layout (ModelSpec.layout) -> (Flax module path, layout) -> the reference's module name.
+# Every zoo model calls its classifier 'fc' (load_pretrained replaces it by that name).
+TORCH_MODULE = {
+    'timm': _resnet_module,
+    'legacy': _resnet_module,
+}
+
+
+def _torch_module(path: Tuple[str, ...], layout: str) -> str:
+    return TORCH_MODULE[layout](path, layout)
 
 
 _LEAF = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias', ('params', 'scale'): 'weight',
@@ -82,11 +94,16 @@ def _as_numpy(value) -> np.ndarray:
 
 
 def _num_classes(name: str, state_dict: Mapping[str, Any]) -> int:
-    key = 'last_linear.weight' if model_spec(name).layout == 'legacy' else 'fc.weight'
+    key = torch_key('params', ('fc', 'bias'), model_spec(name).layout)
     if key not in state_dict:
         raise ConversionError(f"The weights have no classifier '{key}': they are not in the "
                               f"layout of {name}'s reference ({model_spec(name).reference}).")
     return int(np.shape(state_dict[key])[0])
+
+
+def _variable_shapes(model, size: int):
+    """The model's variables as shapes only (nothing is computed)."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
 
 
 def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict[str, Any]:
@@ -99,7 +116,7 @@ def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict
     if spec.reference is None:
         raise ConversionError(f'{name} has no PyTorch reference to convert from.')
     model = create_model(name, num_classes=_num_classes(name, state_dict), **overrides)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    shapes = _variable_shapes(model, spec.input_size)
     state = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
 
     flat, used, missing, misshapen = {}, set(), [], []
@@ -250,14 +267,15 @@ def load_pretrained(directory: str, num_classes=None, rng=None):
                               'write one with `python -m senet_jax.convert`.')
     meta = json.loads(meta_path.read_text())
     model = create_model(meta['model'], num_classes=meta['num_classes'])
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    size = model_spec(meta['model']).input_size
+    abstract = _variable_shapes(model, size)
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(directory / VARIABLES, abstract)
     variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
     if num_classes is not None and num_classes != meta['num_classes']:
         model = create_model(meta['model'], num_classes=num_classes)
         fresh = model.init(rng if rng is not None else jax.random.key(0),
-                           jnp.zeros((1, 64, 64, 3)))
+                           jnp.zeros((1, size, size, 3)))
         variables['params'] = {**variables['params'], 'fc': fresh['params']['fc']}
     return model, variables
 

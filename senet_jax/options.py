@@ -77,6 +77,14 @@ def validate_options(**options):
             raise ValueError(f'{name} must be {rule.wanted}, got {value!r}.{hint}')
 
 
+def validate_subset(option: str, value: Any, allowed: Tuple[Any, ...], meaning: str = ''):
+    """ValueError, one sentence, unless `value` is a tuple or list drawn from `allowed`:
+    the rule of a family's own `se_stages` (which stages, modules or units carry SE)."""
+    ok = not isinstance(value, (int, str)) and set(value) <= set(allowed)
+    if not ok:
+        raise ValueError(f'{option} must be a subset of {tuple(allowed)}{meaning}, got {value!r}.')
+
+
 def validate_fields(module):
     """`validate_options` on the fields of a (dataclass) module that have a rule."""
     validate_options(**{f.name: getattr(module, f.name) for f in dataclasses.fields(module)

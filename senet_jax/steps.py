@@ -16,7 +16,7 @@ from flax.training import train_state
 from flax.training.dynamic_scale import DynamicScale
 
 from senet_jax.errors import UserError
-from senet_jax.models import normalize_images
+from senet_jax.models import IMAGENET, normalize_images
 
 
 class TrainState(train_state.TrainState):
@@ -97,7 +97,7 @@ def _all_finite(tree):
 
 
 def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
-               learning_rate_fn, dtype):
+               learning_rate_fn, dtype, input_format=IMAGENET):
     """One SGD step on the global batch.
 
     A step whose loss or gradient is not finite leaves params, batch_stats and
@@ -107,7 +107,7 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     (it halves), not a non-finite step; a non-finite loss still is.
     """
     rng = jax.random.fold_in(dropout_rng, state.step)
-    images = normalize_images(batch['image'], dtype)
+    images = normalize_images(batch['image'], dtype, input_format)
     scaled = state.loss_scale is not None
 
     def loss_fn(params):
@@ -145,7 +145,7 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     return new_state, metrics
 
 
-def eval_step(state, batch, totals, *, num_classes, dtype):
+def eval_step(state, batch, totals, *, num_classes, dtype, input_format=IMAGENET):
     """`totals` plus this batch's masked sums (padding rows have mask 0).
 
     The sums stay on the devices from batch to batch; the host fetches them
@@ -153,7 +153,7 @@ def eval_step(state, batch, totals, *, num_classes, dtype):
     """
     logits = state.apply_fn(
         {'params': state.params, 'batch_stats': state.batch_stats},
-        normalize_images(batch['image'], dtype), train=False).astype(jnp.float32)
+        normalize_images(batch['image'], dtype, input_format), train=False).astype(jnp.float32)
     mask = batch['mask']
     labels = batch['label']
     loss = cross_entropy_loss(logits, labels, num_classes)

@@ -128,18 +128,21 @@ def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
     """
     replicated = sharding_lib.replicated(mesh)
     compute = precision.DTYPES[dtype]
+    input_format = model_spec(config.model).input_format
     init = jax.jit(functools.partial(create_train_state, config=config, model=model,
                                      tx=tx, dtype=dtype),
                    out_shardings=replicated)
     train = jax.jit(
         functools.partial(train_step, num_classes=num_classes,
                           label_smoothing=config.label_smoothing,
-                          learning_rate_fn=learning_rate_fn, dtype=compute),
+                          learning_rate_fn=learning_rate_fn, dtype=compute,
+                          input_format=input_format),
         in_shardings=(replicated, sharding_lib.data_sharding(mesh), replicated),
         out_shardings=(replicated, replicated), donate_argnums=0,
         compiler_options=xla_cpu.compiler_options())
     evaluate_fn = jax.jit(
-        functools.partial(eval_step, num_classes=num_classes, dtype=compute),
+        functools.partial(eval_step, num_classes=num_classes, dtype=compute,
+                          input_format=input_format),
         out_shardings=replicated, donate_argnums=2,
         compiler_options=xla_cpu.compiler_options())
     return Steps(init, train, evaluate_fn)

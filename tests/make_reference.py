@@ -1,12 +1,16 @@
-"""Regenerate the parity fixtures in tests/fixtures/reference/ from timm.
+"""Regenerate the parity fixtures in tests/fixtures/reference/ from the reference networks.
 
-Needs torch and timm (not in requirements.txt):
-    pip install torch torchvision timm && python tests/make_reference.py [NAME ...]
+Needs torch, timm, pytorchcv and Cadene's pretrainedmodels (none in requirements.txt):
+    pip install torch==2.14.1 torchvision==0.29.1 timm pytorchcv pretrainedmodels six
+    python tests/make_reference.py [NAME ...]
 
-For each zoo model with a reference, builds timm's network, fills it with the
-seeded weights of `reference_weights.random_state_dict`, and stores the
-reference's state_dict keys/shapes, its parameter count and its float64 eval
-logits at each input size. The tests rebuild the same weights with numpy alone.
+For each zoo model with a reference (`ModelSpec.source`: timm's create_model,
+pytorchcv's get_model, or Cadene's bninception.py loaded as a file), builds the
+network without downloading weights, fills it with the seeded weights of
+`reference_weights.random_state_dict`, and stores the reference's state_dict
+keys/shapes, its parameter count and its float64 eval logits at the model's
+input size and at one odd size (`ModelSpec.odd_size`). The tests rebuild the
+same weights with numpy alone.
 
 For a few models (TRAIN_NAMES) it also stores one training-mode forward and
 backward pass in fixtures/reference_train/: the loss and logits, and for every
@@ -18,13 +22,14 @@ import json
 import os
 import sys
 
+import importlib.util
+
 import numpy as np
-import timm
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import (INPUT_SIZES, TRAIN_NAMES, norm_and_projection,  # noqa: E402
+from reference_weights import (TRAIN_NAMES, norm_and_projection,  # noqa: E402
                                random_input, random_state_dict, train_batch)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
@@ -33,25 +38,50 @@ OUT_TRAIN = OUT + '_train'
 MOMENTUM = 0.1   # PyTorch's BatchNorm default, which timm keeps
 
 
+def build_reference(spec, **kwargs):
+    """The reference PyTorch network of a ModelSpec, with its initial (random) weights."""
+    if spec.source == 'timm':
+        import timm
+        return timm.create_model(spec.reference, pretrained=False, **kwargs)
+    if spec.source == 'pytorchcv':
+        from pytorchcv.model_provider import get_model
+        return get_model(spec.reference, pretrained=False, **kwargs)
+    if spec.source == 'cadene':   # the one file, which imports only torch
+        package = os.path.dirname(importlib.util.find_spec('pretrainedmodels').origin)
+        path = os.path.join(package, 'models', f'{spec.reference}.py')
+        loader = importlib.util.spec_from_file_location(f'cadene_{spec.reference}', path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        return {'bninception': module.BNInception}[spec.reference](num_classes=spec.num_classes)
+    raise ValueError(f'unknown reference source {spec.source!r}')
+
+
+def _library_version(spec):
+    import importlib.metadata
+    package = {'timm': 'timm', 'pytorchcv': 'pytorchcv', 'cadene': 'pretrainedmodels'}[spec.source]
+    return f'{package} {importlib.metadata.version(package)}'
+
+
 def make(name):
-    ref = model_spec(name).reference
-    model = timm.create_model(ref, pretrained=False).eval()
+    spec = model_spec(name)
+    ref = spec.reference
+    model = build_reference(spec).eval()
     sd = model.state_dict()
     keys = [(k, list(v.shape)) for k, v in sd.items()]
     weights = random_state_dict(keys)
     model.load_state_dict({k: torch.from_numpy(weights[k]) if k in weights else v
                            for k, v in sd.items()})
     model = model.double()
-    record = {'reference': ref, 'timm_version': timm.__version__, 'torch_version': torch.__version__,
+    record = {'reference': ref, 'source': _library_version(spec), 'torch_version': torch.__version__,
               'num_params': sum(p.numel() for p in model.parameters()),
               'keys': keys, 'logits': {}}
     with torch.no_grad():
-        for h, w in INPUT_SIZES:
+        for h, w in ((spec.input_size, spec.input_size), spec.odd_size):
             x = torch.from_numpy(random_input(h, w)).double()
             record['logits'][f'{h}x{w}'] = [float(f'{v:.9g}') for v in model(x)[0].tolist()]
     with open(os.path.join(OUT, f'{name}.json'), 'w') as f:
         json.dump(record, f, separators=(',', ':'))
-    lg = np.array(record['logits']['224x224'])
+    lg = np.array(record['logits'][f'{spec.input_size}x{spec.input_size}'])
     print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}')
 
 
@@ -60,8 +90,9 @@ def _record(value, probe):
 
 
 def make_train(name):
-    ref = model_spec(name).reference
-    model = timm.create_model(ref, pretrained=False, drop_rate=0.0)
+    spec = model_spec(name)
+    ref = spec.reference
+    model = build_reference(spec, drop_rate=0.0)
     sd = model.state_dict()
     keys = [(k, list(v.shape)) for k, v in sd.items()]
     weights = random_state_dict(keys)
@@ -74,7 +105,7 @@ def make_train(name):
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
     loss.backward()
     probe = random_state_dict(keys, seed=1)
-    record = {'reference': ref, 'timm_version': timm.__version__, 'torch_version': torch.__version__,
+    record = {'reference': ref, 'source': _library_version(spec), 'torch_version': torch.__version__,
               'keys': keys, 'loss': float(loss.detach()), 'logits': [[float(f'{v:.12g}') for v in row]
                                                            for row in logits.detach().tolist()],
               'grads': {k: _record(p.grad, probe[k]) for k, p in model.named_parameters()},

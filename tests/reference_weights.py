@@ -5,7 +5,6 @@ import zlib
 
 import numpy as np
 
-INPUT_SIZES = ((224, 224), (161, 131))   # odd sizes expose padding and ceil-mode pooling
 # One training-mode step: both layouts, basic and bottleneck blocks, grouped convolutions,
 # SENet-154's deep stem and 3x3 downsampling.
 TRAIN_NAMES = ('se_resnet50', 'legacy_se_resnet18', 'legacy_se_resnet50', 'se_resnext50_32x4d', 'senet154')

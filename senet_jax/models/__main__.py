@@ -1,13 +1,18 @@
-"""Print every zoo model: parameters, GMACs at its input size and the reference it matches.
+"""Print every zoo model: parameters, multiply-adds at its input size, the paper's figures
+and the reference it matches.
 
-    python -m senet_jax.models [NAME ...] [--image-size 224]
+    python -m senet_jax.models [NAME ...] [--image-size 224] [--xla]
 
-Each model is measured at the resolution it is meant for (224 for the ImageNet
-models, 16 for the `*_mini` ones), or at `--image-size` for all.
+Each model is measured at the resolution it is meant for (224 for most ImageNet
+models, 299 for Inception-ResNet-v2, 32 for the CIFAR networks, 16 for the
+`*_mini` ones), or at `--image-size` for all.
 
-GMACs are XLA's own count for the compiled forward pass (cost_analysis flops / 2),
-not a hand count: convolutions and matmuls as multiply-adds (taps that fall on
-zero padding are not counted), plus the elementwise work (BN, ReLU, SE scale).
+GMACs are multiply-adds counted as fvcore and timm's tables count them
+(senet_jax.models.macs): every convolution tap, zero padding included, and
+every dense multiply-add; no elementwise work. The paper's "GFLOPs" are
+multiply-adds too, counted on its Caffe networks. `--xla` adds XLA's own
+figure for the compiled forward pass (cost_analysis flops / 2), which leaves
+out taps on zero padding and adds the elementwise work.
 """
 import argparse
 import sys
@@ -16,18 +21,32 @@ import jax
 import jax.numpy as jnp
 
 from senet_jax.models import create_model, list_models, model_spec
+from senet_jax.models.macs import count_macs
 
 
-def complexity(name: str, image_size: int = 224, **overrides):
-    """(parameters, GMACs) of one model for a single image, from the compiled forward pass."""
-    model = create_model(name, **overrides)
+def complexity(name: str, image_size: int = 224, xla: bool = False, **overrides):
+    """(parameters, GMACs, XLA's GMACs or None) of one model for a single image."""
+    model = create_model(name, **{'kernels': 'plain', **overrides})
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
     params = sum(v.size for v in jax.tree.leaves(variables['params']))
-    compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return params, cost['flops'] / 2e9
+    gmacs = count_macs(model, image_size, variables) / 1e9
+    xla_gmacs = None
+    if xla:
+        compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        xla_gmacs = cost['flops'] / 2e9
+    return params, gmacs, xla_gmacs
+
+
+def _paper_columns(name: str) -> str:
+    paper = model_spec(name).paper
+    if paper is None:
+        return f"{'-':>9s} {'-':>7s} {'-':>8s}"
+    gflops = f'{paper.gflops:.3g}' if paper.gflops is not None else '-'
+    params = f'{paper.params_m:.1f}' if paper.params_m is not None else '-'
+    return f'{paper.table:>9s} {gflops:>7s} {params:>8s}'
 
 
 def main(argv=None):
@@ -35,6 +54,8 @@ def main(argv=None):
     parser.add_argument('names', nargs='*', help='models to show (default: all)')
     parser.add_argument('--image-size', type=int, default=None,
                         help="input side for every model (default: each model's own)")
+    parser.add_argument('--xla', action='store_true',
+                        help="add XLA's cost analysis of the compiled forward pass (slower)")
     args = parser.parse_args(argv)
     names = args.names or list_models()
     try:
@@ -43,12 +64,17 @@ def main(argv=None):
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(f"{'model':28s} {'size':>5s} {'params (M)':>10s} {'GMACs':>8s}  reference (timm)")
+    xla = f" {'XLA':>6s}" if args.xla else ''
+    print(f"{'model':28s} {'size':>5s} {'params (M)':>10s} {'GMACs':>7s}{xla} "
+          f"{'paper':>9s} {'GFLOPs':>7s} {'params':>8s}  reference")
     for n in names:
-        size = args.image_size or model_spec(n).input_size
-        params, gmacs = complexity(n, size)
-        print(f'{n:28s} {size:5d} {params / 1e6:10.2f} {gmacs:8.2f}  {model_spec(n).reference or "-"}',
-              flush=True)
+        spec = model_spec(n)
+        size = args.image_size or spec.input_size
+        params, gmacs, xla_gmacs = complexity(n, size, xla=args.xla)
+        xla = f' {xla_gmacs:6.2f}' if args.xla else ''
+        reference = f'{spec.source}:{spec.reference}' if spec.reference else '-'
+        print(f'{n:28s} {size:5d} {params / 1e6:10.2f} {gmacs:7.3f}{xla} {_paper_columns(n)}  '
+              f'{reference}', flush=True)
     return 0
 
 

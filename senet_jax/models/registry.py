@@ -1,27 +1,24 @@
-"""Models by name: `create_model(name, num_classes=1000, **overrides)` and `list_models()`.
+"""Models by name: `create_model(name, num_classes=None, **overrides)` and `list_models()`.
 
-Each entry is a set of `ResNet` arguments plus the reference network it matches
-number for number (timm 1.0 names) and that reference's state_dict layout
-('timm' for torchvision-style ResNets, 'legacy' for the Cadene/Caffe SENets).
+Each family module under `senet_jax/models/` ends with a `SPECS` table
+(`spec.ModelSpec`: the module class and its arguments, the reference network
+it matches number for number, that reference's state_dict layout, its input
+size and pixel format). This module gathers them.
 """
 import dataclasses
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
-import jax.numpy as jnp
-import numpy as np
-
-from senet_jax.models.resnet import ResNet
+from senet_jax.models import resnet
+from senet_jax.models.spec import (IMAGENET, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401 (re-exported)
+                                   InputFormat, ModelSpec, PaperFigures, normalize_images)
 from senet_jax.options import did_you_mean, validate_options  # noqa: F401 (re-exported)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_images(images, dtype=jnp.float32):
-    """RGB in [0, 255] (uint8 or float) -> the ImageNet-normalised input the zoo models expect."""
-    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
-    std = np.asarray(IMAGENET_STD, np.float32) * 255
-    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+FAMILIES = (resnet,)
+_REGISTRY: Dict[str, ModelSpec] = {}
+for _family in FAMILIES:
+    for _name, _spec in _family.SPECS.items():
+        assert _name not in _REGISTRY, f'{_name} is registered twice'
+        _REGISTRY[_name] = _spec
 
 
 def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -32,54 +29,6 @@ def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     choice (`stem_pool=None`).
     """
     return {k: v for k, v in (overrides or {}).items() if v is not None}
-
-
-class ModelSpec(NamedTuple):
-    kwargs: Dict[str, Any]
-    reference: Optional[str]      # timm.create_model name of the reference network
-    layout: str                   # state_dict layout of the reference: 'timm' | 'legacy'
-    input_size: int = 224         # the resolution it is meant for (`python -m senet_jax.models`)
-
-
-_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
-           152: (3, 8, 36, 3)}
-_BOTTLENECK = {18: False, 34: False, 50: True, 101: True, 152: True}
-# The Caffe layout: ceil-mode stem pool, SE width floor(C/r).
-_LEGACY = dict(stem_pool='ceil', se_divisor=1)
-
-_REGISTRY: Dict[str, ModelSpec] = {}
-
-
-def _register(name, reference, layout, input_size=224, **kwargs):
-    _REGISTRY[name] = ModelSpec(kwargs, reference, layout, input_size)
-
-
-for _d in (18, 34, 50, 101, 152):
-    _base = dict(layers=_DEPTHS[_d], bottleneck=_BOTTLENECK[_d])
-    _register(f'resnet{_d}', f'resnet{_d}', 'timm', se_stages=(), **_base)
-    _register(f'se_resnet{_d}', f'seresnet{_d}', 'timm', se_divisor=8, **_base)
-    _register(f'legacy_se_resnet{_d}', f'legacy_seresnet{_d}', 'legacy', **_LEGACY, **_base,
-              # Caffe SE-ResNet: stride on the bottleneck's 1x1; ReLU before SE in basic blocks.
-              stride_on_1x1=_BOTTLENECK[_d], act_before_se=not _BOTTLENECK[_d])
-for _d in (50, 101):
-    _base = dict(layers=_DEPTHS[_d], cardinality=32, base_width=4)
-    _register(f'resnext{_d}_32x4d', f'resnext{_d}_32x4d', 'timm', se_stages=(), **_base)
-    _register(f'se_resnext{_d}_32x4d', f'seresnext{_d}_32x4d', 'timm', se_divisor=8, **_base)
-    _register(f'legacy_se_resnext{_d}_32x4d', f'legacy_seresnext{_d}_32x4d', 'legacy',
-              **_LEGACY, **_base)
-# SENet-154 (Sec. 5 / Appendix of the paper): 64x4d SE-ResNeXt-152 with a three-conv stem,
-# a half-width first 1x1 conv, 3x3 projection shortcuts, and dropout 0.2 before the classifier.
-_register('senet154', 'legacy_senet154', 'legacy', **_LEGACY, layers=_DEPTHS[152],
-          cardinality=64, base_width=4, reduce_first=2, stem='deep', stem_width=128,
-          downsample_kernel=3, drop_rate=0.2)
-# A small SE-ResNet for tiny images (the digits quickstart, tests): one basic block a
-# stage, a 3x3 stride-1 stem, no stem pool, total stride 8.
-_MINI = dict(layers=(1, 1, 1, 1), bottleneck=False, widths=(16, 32, 64, 128), stem='small',
-             stem_width=16, stem_pool=None)
-_register('se_resnet_mini', None, 'timm', input_size=16, reduction=4, se_divisor=1, **_MINI)
-_register('resnet_mini', None, 'timm', input_size=16, se_stages=(), **_MINI)   # its plain baseline
-
-_OVERRIDABLE = {f.name for f in dataclasses.fields(ResNet)} - {'parent', 'name'}
 
 
 def list_models() -> List[str]:
@@ -94,26 +43,34 @@ def model_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def min_input_size(model: ResNet) -> int:
-    """The smallest input side for which every stage still has a feature map of at least 1x1."""
-    stem_stride = {'7x7': 2, 'deep': 2, 'small': 1}[model.stem] * (1 if model.stem_pool is None else 2)
-    return stem_stride * 8
+def min_input_size(model) -> int:
+    """The smallest input side the model takes (its `min_input_size()`)."""
+    return model.min_input_size()
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides) -> ResNet:
-    """Build a zoo model by name, with any `ResNet` field overridden.
+def overridable(name: str) -> List[str]:
+    """The options `create_model(name, ...)` accepts: the fields of its module."""
+    fields = {f.name for f in dataclasses.fields(model_spec(name).family)}
+    return sorted(fields - {'parent', 'name'})
+
+
+def create_model(name: str, num_classes: Optional[int] = None, **overrides):
+    """Build a zoo model by name, with any field of its module overridden.
 
     Example: `create_model('se_resnet50', num_classes=10, reduction=8, se_stages=(4, 5),
-    dtype=jnp.bfloat16)`. A bad value is refused by `ResNet` itself, with the
-    rules of `senet_jax.options`.
+    dtype=jnp.bfloat16)`. `num_classes` defaults to the model's own (1000 for
+    ImageNet, 10 for the CIFAR networks). A bad value is refused by the module
+    itself, with the rules of `senet_jax.options`.
     """
     spec = model_spec(name)
+    options = overridable(name)
     for option in sorted(overrides):
-        if option not in _OVERRIDABLE:
-            hint = did_you_mean(option, _OVERRIDABLE) or f' The options are {sorted(_OVERRIDABLE)}.'
+        if option not in options:
+            hint = did_you_mean(option, options) or f' The options are {options}.'
             raise ValueError(f"Unknown option '{option}' for {name}.{hint}")
     if isinstance(overrides.get('se_stages'), int):
         overrides['se_stages'] = (overrides['se_stages'],)
     if overrides.get('se_stages') is not None:
         overrides['se_stages'] = tuple(overrides['se_stages'])
-    return ResNet(**{**spec.kwargs, 'num_classes': num_classes, **overrides})
+    num_classes = spec.num_classes if num_classes is None else num_classes
+    return spec.family(**{**spec.kwargs, 'num_classes': num_classes, **overrides})

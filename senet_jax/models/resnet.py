@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
 from senet_jax.layers import BatchNorm, Conv, SqueezeExcite, max_pool_ceil
+from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
 Dtype = Any
@@ -181,6 +182,11 @@ class ResNet(nn.Module):
         validate_fields(self)   # a bad option fails here, in one sentence (senet_jax.options)
         super().__post_init__()
 
+    def min_input_size(self) -> int:
+        """The smallest input side for which every stage still has a feature map of at least 1x1."""
+        stem_stride = {'7x7': 2, 'deep': 2, 'small': 1}[self.stem] * (1 if self.stem_pool is None else 2)
+        return stem_stride * 8
+
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         kernels = cpu_kernels.choose(self.kernels)
@@ -233,3 +239,64 @@ class ResNet(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='fc')(x)
         return x.astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------
+# The zoo entries of this family: reference names are timm 1.0's.
+
+_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+           152: (3, 8, 36, 3)}
+_BOTTLENECK = {18: False, 34: False, 50: True, 101: True, 152: True}
+# The Caffe layout: ceil-mode stem pool, SE width floor(C/r).
+_LEGACY = dict(stem_pool='ceil', se_divisor=1)
+
+SPECS = {}
+
+
+def _register(name, reference, layout, **kwargs):
+    SPECS[name] = spec(ResNet, reference, layout, **kwargs)
+
+
+# Paper Table 2 (GFLOPs, plain -> SE, 224 x 224, the Caffe layout); Sec. 3.3 gives the
+# ResNet-50 parameters. Shown beside ours by `python -m senet_jax.models`.
+_TABLE2 = {'resnet50': (3.86, 3.87, 25.6, 28.1), 'resnet101': (7.58, 7.60, None, None),
+           'resnet152': (11.30, 11.32, None, None), 'resnext50_32x4d': (4.24, 4.25, None, None),
+           'resnext101_32x4d': (7.99, 8.00, None, None)}
+
+
+def _paper(base, se):
+    if base not in _TABLE2:
+        return None
+    plain_gflops, se_gflops, plain_params, se_params = _TABLE2[base]
+    return (PaperFigures('Table 2', se_gflops, se_params) if se
+            else PaperFigures('Table 2', plain_gflops, plain_params))
+
+
+for _d in (18, 34, 50, 101, 152):
+    _base = dict(layers=_DEPTHS[_d], bottleneck=_BOTTLENECK[_d])
+    _p = f'resnet{_d}'
+    _register(_p, _p, 'timm', se_stages=(), paper=_paper(_p, False), **_base)
+    _register(f'se_resnet{_d}', f'seresnet{_d}', 'timm', se_divisor=8, paper=_paper(_p, True), **_base)
+    _register(f'legacy_se_resnet{_d}', f'legacy_seresnet{_d}', 'legacy', **_LEGACY, **_base,
+              paper=_paper(_p, True),
+              # Caffe SE-ResNet: stride on the bottleneck's 1x1; ReLU before SE in basic blocks.
+              stride_on_1x1=_BOTTLENECK[_d], act_before_se=not _BOTTLENECK[_d])
+for _d in (50, 101):
+    _base = dict(layers=_DEPTHS[_d], cardinality=32, base_width=4)
+    _p = f'resnext{_d}_32x4d'
+    _register(_p, _p, 'timm', se_stages=(), paper=_paper(_p, False), **_base)
+    _register(f'se_resnext{_d}_32x4d', f'seresnext{_d}_32x4d', 'timm', se_divisor=8,
+              paper=_paper(_p, True), **_base)
+    _register(f'legacy_se_resnext{_d}_32x4d', f'legacy_seresnext{_d}_32x4d', 'legacy',
+              paper=_paper(_p, True), **_LEGACY, **_base)
+# SENet-154 (Sec. 5 / Appendix of the paper): 64x4d SE-ResNeXt-152 with a three-conv stem,
+# a half-width first 1x1 conv, 3x3 projection shortcuts, and dropout 0.2 before the classifier.
+_register('senet154', 'legacy_senet154', 'legacy', **_LEGACY, layers=_DEPTHS[152],
+          cardinality=64, base_width=4, reduce_first=2, stem='deep', stem_width=128,
+          downsample_kernel=3, drop_rate=0.2)
+# A small SE-ResNet for tiny images (the digits quickstart, tests): one basic block a
+# stage, a 3x3 stride-1 stem, no stem pool, total stride 8.
+_MINI = dict(layers=(1, 1, 1, 1), bottleneck=False, widths=(16, 32, 64, 128), stem='small',
+             stem_width=16, stem_pool=None)
+_register('se_resnet_mini', None, 'timm', input_size=16, reduction=4, se_divisor=1, **_MINI)
+_register('resnet_mini', None, 'timm', input_size=16, se_stages=(), **_MINI)   # its plain baseline
