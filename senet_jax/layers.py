@@ -10,6 +10,7 @@ squeeze F_sq (global pooling to a channel descriptor z), excitation F_ex (two
 projections W1 (C -> C/r) and W2 (C/r -> C) with a ReLU between and a gate
 after), scale F_scale (channel-wise product of the gates s and the features U).
 """
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -113,33 +114,55 @@ def conv(x, kernel, stride: int = 1, groups: int = 1):
 
 
 class Conv(nn.Module):
-    """A bias-free k x k convolution of NHWC inputs with PyTorch's padding k // 2.
+    """A k x k convolution of NHWC inputs with PyTorch's padding k // 2 (bias-free by default).
 
-    `nn.Conv(features, (k, k), strides, padding=k // 2, feature_group_count=groups,
-    use_bias=False)`: the same parameter ('kernel', shape (k, k, in // groups,
-    out)), initialiser and results. `convolve(x, kernel, stride, groups)`
-    computes it: XLA's convolution (`conv`), or another with the same values
-    (senet_jax.cpu_kernels.conv), as `nn.Conv` takes a `conv_general_dilated`.
+    `nn.Conv(features, (kh, kw), strides, padding, feature_group_count=groups,
+    use_bias=use_bias)`: the same parameters ('kernel', shape (kh, kw, in // groups,
+    out), and 'bias'), initialisers and results. `kernel_size` is an int or
+    (kh, kw) (Inception's 1x7 and 7x1); `padding` None means kh // 2, kw // 2 on
+    both sides (never 'SAME', so odd sizes give PyTorch's maps), or an int, or
+    ((top, bottom), (left, right)). `convolve(x, kernel, stride, groups)`
+    computes the square, default-padded case: XLA's convolution (`conv`), or
+    another with the same values (senet_jax.cpu_kernels.conv); every other case
+    is XLA's convolution.
     """
     features: int
-    kernel_size: int = 3
+    kernel_size: Any = 3
     strides: int = 1
     groups: int = 1
+    padding: Any = None
+    use_bias: bool = False
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
     convolve: Callable = conv
 
     @nn.compact
     def __call__(self, x):
-        k, groups = self.kernel_size, self.groups
+        kh, kw = ((self.kernel_size, self.kernel_size) if isinstance(self.kernel_size, int)
+                  else tuple(self.kernel_size))
+        groups = self.groups
         if x.shape[-1] % groups or self.features % groups:
             raise ValueError(f'{groups} groups do not divide {x.shape[-1]} input and '
                              f'{self.features} output channels.')
-        kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1] // groups, self.features),
+        kernel = self.param('kernel', self.kernel_init, (kh, kw, x.shape[-1] // groups, self.features),
                             self.param_dtype)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return self.convolve(x, kernel, self.strides, groups)
+        bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if kh == kw and self.padding is None:
+            y = self.convolve(x, kernel, self.strides, groups)
+        else:
+            pad = self.padding
+            if pad is None:
+                pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+            elif isinstance(pad, int):
+                pad = ((pad, pad), (pad, pad))
+            y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), pad,
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                             feature_group_count=groups)
+        return y if bias is None else y + bias
 
 
 def max_pool(x, window: int = 3, stride: int = 2, padding=((1, 1), (1, 1))):
@@ -240,3 +263,21 @@ class BatchNorm(nn.Module):
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+
+
+def conv_and_norm(train: bool, dtype=None, param_dtype=jnp.float32, kernels=None, *,
+                  momentum: float = 0.9, epsilon: float = 1e-5):
+    """(conv, norm): `Conv` and `BatchNorm` partials with PyTorch's conventions.
+
+    conv(features, kernel_size, strides, groups, ...): padding k // 2, bias-free
+    unless told. norm(...): PyTorch's momentum 0.1 (Flax's 0.9), `epsilon`, the
+    unbiased running variance, running statistics unless `train`. `kernels` (a
+    senet_jax.cpu_kernels.Kernels; None: these plain layers) says how both compute.
+    """
+    convolve = conv if kernels is None else kernels.conv
+    normalize = batch_norm_train if kernels is None else kernels.batch_norm_train
+    conv_ = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype, convolve=convolve)
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,
+                             epsilon=epsilon, unbiased_var=True, dtype=dtype,
+                             param_dtype=param_dtype, normalize=normalize)
+    return conv_, norm

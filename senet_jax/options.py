@@ -85,7 +85,9 @@ def validate_subset(option: str, value: Any, allowed: Tuple[Any, ...], meaning: 
         raise ValueError(f'{option} must be a subset of {tuple(allowed)}{meaning}, got {value!r}.')
 
 
-def validate_fields(module):
-    """`validate_options` on the fields of a (dataclass) module that have a rule."""
+def validate_fields(module, exclude: Iterable[str] = ()):
+    """`validate_options` on the fields of a (dataclass) module that have a rule,
+    but those in `exclude` (a family whose `se_stages` are not conv2_x..conv5_x
+    checks them itself, with `validate_subset`)."""
     validate_options(**{f.name: getattr(module, f.name) for f in dataclasses.fields(module)
-                        if f.name in _RULES})
+                        if f.name in _RULES and f.name not in exclude})

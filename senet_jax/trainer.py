@@ -43,7 +43,7 @@ from senet_jax import sharding as sharding_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
-from senet_jax.models import create_model, min_input_size, model_spec, set_overrides
+from senet_jax.models import IMAGENET, create_model, min_input_size, model_spec, set_overrides
 from senet_jax.steps import (DynamicScale, TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
                              eval_step, train_step, weight_decay_mask, zero_eval_totals)
@@ -128,7 +128,8 @@ def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
     """
     replicated = sharding_lib.replicated(mesh)
     compute = precision.DTYPES[dtype]
-    input_format = model_spec(config.model).input_format
+    # The zoo model's pixel format (Caffe BGR, CIFAR statistics, ...); ImageNet's otherwise.
+    input_format = model_spec(config.model).input_format if 'model' in config else IMAGENET
     init = jax.jit(functools.partial(create_train_state, config=config, model=model,
                                      tx=tx, dtype=dtype),
                    out_shardings=replicated)

@@ -22,22 +22,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import BatchNorm, Conv, SqueezeExcite, max_pool_ceil
+from senet_jax.layers import SqueezeExcite, conv_and_norm, max_pool_ceil
 from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
 Dtype = Any
-
-
-def _conv_and_norm(train, dtype, param_dtype, kernels):
-    """Bias-free convolution with padding k // 2 and BatchNorm (PyTorch's momentum,
-    epsilon and unbiased running variance) for every layer: conv(features,
-    kernel_size, strides, groups); both computed as `kernels` (a cpu_kernels.Kernels) says."""
-    conv = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype, convolve=kernels.conv)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             unbiased_var=True, dtype=dtype, param_dtype=param_dtype,
-                             normalize=kernels.batch_norm_train)
-    return conv, norm
 
 
 class ResidualBlock(nn.Module):
@@ -74,7 +63,7 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         kernels = cpu_kernels.choose(self.kernels)
-        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype, kernels)
+        conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         # A tanh or relu gate is 0 at 0, so on a zero-initialised branch it would
         # block every gradient to that branch forever: start such branches at 1.
         dead_gate = (self.se is not None and self.se_position == 'standard'
@@ -190,7 +179,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         kernels = cpu_kernels.choose(self.kernels)
-        conv, norm = _conv_and_norm(train, self.dtype, self.param_dtype, kernels)
+        conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         x = x.astype(self.dtype or x.dtype)
         features = {}
 
