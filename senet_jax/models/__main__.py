@@ -44,7 +44,7 @@ def _paper_columns(name: str) -> str:
     paper = model_spec(name).paper
     if paper is None:
         return f"{'-':>9s} {'-':>7s} {'-':>8s}"
-    gflops = f'{paper.gflops:.3g}' if paper.gflops is not None else '-'
+    gflops = '-' if paper.gflops is None else f'{paper.gflops:.{3 if paper.gflops < 1 else 2}f}'
     params = f'{paper.params_m:.1f}' if paper.params_m is not None else '-'
     return f'{paper.table:>9s} {gflops:>7s} {params:>8s}'
 
