@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from senet_jax.models import ResNet, min_input_size
+from senet_jax.models import min_input_size
 
 
 def to_nnx(model: nn.Module, variables: Optional[Mapping[str, Any]] = None, *,
@@ -43,7 +43,7 @@ def to_nnx(model: nn.Module, variables: Optional[Mapping[str, Any]] = None, *,
     """
     if variables is None:
         if sample_input is None:
-            if not isinstance(model, ResNet):
+            if not hasattr(model, 'min_input_size'):   # every zoo family has one
                 raise ValueError(f'to_nnx needs a sample_input to initialise a '
                                  f'{type(model).__name__}, or its variables.')
             side = min_input_size(model)

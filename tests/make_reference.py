@@ -1,7 +1,8 @@
 """Regenerate the parity fixtures in tests/fixtures/reference/ from the reference networks.
 
-Needs torch, timm, pytorchcv and Cadene's pretrainedmodels (none in requirements.txt):
-    pip install torch==2.14.1 torchvision==0.29.1 timm pytorchcv pretrainedmodels six
+Needs, beside requirements.txt, torch, timm, pytorchcv and Cadene's pretrainedmodels
+(none of them a requirement of the package), in one venv:
+    pip install -r requirements.txt torch==2.14.1 torchvision==0.29.1 timm pytorchcv pretrainedmodels six
     python tests/make_reference.py [NAME ...]
 
 For each zoo model with a reference (`ModelSpec.source`: timm's create_model,
