@@ -94,12 +94,17 @@ def test_adaptive_pool_takes_pytorchs_bins():
 
 
 def test_small_maps_are_pooled_up_to_fc6s_window_and_large_ones_averaged_after_it():
-    # pool5 maps 1x1, 5x4 and 9x1: fc6 (7x7, no padding) needs the pooling up to 7.
+    # pool5 maps 1x1, 5x4 and 9x1; fc6 (7x7, no padding) sees them pooled up to
+    # 7x7, 7x7 and 9x7, so it gives 1x1, 1x1 and 3x1 positions (averaged by the head).
     model = create_model('vgg16_bn', mlp_width=8, num_classes=3)
     variables = _shapes(model)
-    for h, w in ((32, 32), (161, 131), (289, 40)):
+    fc6 = lambda v, x: model.apply(v, x, capture_intermediates=lambda m, _: m.name == 'fc6',
+                                   mutable=['intermediates'])
+    for (h, w), positions in (((32, 32), (1, 1)), ((161, 131), (1, 1)), ((289, 40), (3, 1))):
         x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
-        assert jax.eval_shape(model.apply, variables, x).shape == (1, 3)
+        logits, state = jax.eval_shape(fc6, variables, x)
+        assert logits.shape == (1, 3)
+        assert state['intermediates']['fc6']['__call__'][0].shape == (1, *positions, 8)
 
 
 @pytest.mark.parametrize('overrides,message', [
