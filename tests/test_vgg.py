@@ -136,6 +136,10 @@ def test_multiply_adds_match_table2():
     se = count_macs(create_model('se_vgg16_bn', kernels='plain'), 224)
     assert round(plain / 1e9, 2) == 15.47
     assert se - plain == sum(2 * c * (c // 16) for c in CONV_WIDTHS)
+    # Counting the scaling too (one multiply per SE output value, 13.5 M) gives the paper's 15.48.
+    sides = [224, 224, 112, 112, 56, 56, 56, 28, 28, 28, 14, 14, 14]
+    scale = sum(side * side * c for side, c in zip(sides, CONV_WIDTHS))
+    assert scale == 13_547_520 and round((se + scale) / 1e9, 2) == 15.48
 
 
 @pytest.mark.slow

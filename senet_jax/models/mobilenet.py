@@ -23,6 +23,11 @@ floor(C / r), biases on both projections: 13 blocks add 486,068 parameters,
 4,231,976 -> 4,718,044, the paper's 4.2M -> 4.7M (see `se_params`).
 `se_stages` names the stages whose blocks carry SE, 1..5; () is the plain
 baseline.
+
+Multiply-adds at 224 (senet_jax.models.macs): 568.7 M plain, the paper's 569;
+SE's projections add 0.48 M. The paper's 572 for SE-MobileNet also counts SE's
+channel-wise scaling, one multiply per value of the 13 SE outputs (2.7 M):
+568.7 + 0.5 + 2.7 = 571.9.
 """
 from typing import Any, Optional, Sequence, Tuple
 
