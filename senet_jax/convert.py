@@ -28,6 +28,8 @@ from flax import traverse_util
 
 from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, model_spec
+from senet_jax.models.mobilenet import torch_module as _mobilenet_module
+from senet_jax.models.vgg import torch_module as _vgg_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -61,6 +63,8 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
 TORCH_MODULE = {
     'timm': _resnet_module,
     'legacy': _resnet_module,
+    'timm_vgg': _vgg_module,
+    'pytorchcv_mobilenet': _mobilenet_module,
 }
 
 

@@ -38,6 +38,8 @@ def random_state_dict(keys_and_shapes, seed=0):
     """{key: float32 array} for [(key, shape), ...], each value a function of (seed, key)."""
     keys = [k for k, _ in keys_and_shapes]
     small = _last_bn(keys)
+    # BNs that are named by index, not 'bn' (timm's VGG `features.1`): they keep running stats.
+    has_stats = {k[:-len('.running_var')] for k in keys if k.endswith('.running_var')}
     out = {}
     for key, shape in keys_and_shapes:
         if key.endswith('num_batches_tracked'):
@@ -45,7 +47,8 @@ def random_state_dict(keys_and_shapes, seed=0):
         rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
         module, leaf = key.rsplit('.', 1)
         shape = tuple(shape)
-        is_bn = 'bn' in module.split('.')[-1] or module.endswith('downsample.1')
+        is_bn = ('bn' in module.split('.')[-1] or module.endswith('downsample.1')
+                 or module in has_stats)
         if leaf == 'weight' and is_bn:
             lo, hi = (0.05, 0.25) if module in small else (0.5, 1.5)
             v = rng.uniform(lo, hi, shape)
