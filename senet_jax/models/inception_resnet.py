@@ -257,6 +257,10 @@ class InceptionResNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
+        smallest = self.min_input_size()
+        if min(x.shape[1:3]) < smallest:
+            raise ValueError(f'Inception-ResNet-v2 takes inputs of at least {smallest}x{smallest} '
+                             f'pixels, got {x.shape[1]}x{x.shape[2]}.')
         kernels = cpu_kernels.choose(self.kernels)
         common = dict(kernels=self.kernels, dtype=self.dtype, param_dtype=self.param_dtype)
         cb = functools.partial(ConvBN, train=train, **common)
