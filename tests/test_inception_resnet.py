@@ -115,6 +115,11 @@ def test_unit_scales_the_se_output_of_its_up_projection(kind, width, scale, acti
                                                  mutable=['intermediates']))(variables, x)
     inter = state['intermediates']
     u, s = inter['conv2d']['__call__'][0], inter['se']['gate'][0]
+    # The gates squeeze the unscaled up-projection (Eq. 2-3 of the paper).
+    se_params = variables['params']['se']
+    dense = lambda z, p: z @ p['kernel'] + p['bias']
+    z = jnp.maximum(dense(u.mean((1, 2)), se_params['fc1']), 0)
+    np.testing.assert_allclose(s, jax.nn.sigmoid(dense(z, se_params['fc2'])), rtol=1e-5, atol=1e-6)
     want = x + scale * u * s[:, None, None, :]
     np.testing.assert_allclose(out, jnp.maximum(want, 0) if activate else want, rtol=1e-5, atol=1e-5)
     assert u.shape == x.shape and s.shape == (2, width)
@@ -186,8 +191,11 @@ def test_cpu_kernels_and_train_mode():
     logits, new = jax.jit(lambda v, x: plain.apply(v, x, train=True, mutable=['batch_stats']))(
         variables, x)
     assert bool(jnp.isfinite(logits).all())
-    old = variables['batch_stats']['mixed_5b']['branch3_1']['bn']['mean']
-    assert not np.allclose(new['batch_stats']['mixed_5b']['branch3_1']['bn']['mean'], old)
+    # Every BN of the network runs on batch statistics and updates its running ones.
+    flat_old = traverse_util.flatten_dict(variables['batch_stats'])
+    flat_new = traverse_util.flatten_dict(new['batch_stats'])
+    assert flat_new.keys() == flat_old.keys()
+    assert not [p for p in flat_old if np.allclose(flat_new[p], flat_old[p])]
 
 
 @pytest.mark.parametrize('kwargs,message', [
