@@ -144,6 +144,7 @@ _MIXED = {'5b': _mixed_5b, '6a': _mixed_6a, '7a': _mixed_7a}
 
 
 class _Unit(nn.Module):
+    """What every unit shares: how its layers compute and in which dtypes."""
     kernels: str = 'auto'
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
