@@ -30,8 +30,8 @@ adds, at the width of the trunk (320, 1088, 2080 channels; reduced widths
 20, 68, 130 at r = 16).
 - The reduction blocks (mixed_6a, mixed_7a) and mixed_5b get no SE: they have
   no identity branch, so they are not Inception-ResNet modules in the paper's
-  sense, and the paper's Table 2 figures (11.75 -> 11.76 GFLOPs) leave no room
-  for more than the residual units' SE.
+  sense. (The paper's 11.75 -> 11.76 GFLOPs cannot decide it: SE after them
+  would add only 0.7 M multiply-adds.)
 - The last Block8 (scale 1.0, no ReLU) does get SE: it is a Block8 with an
   identity branch like the other nine (TF-slim builds it with the same block
   function, only without the activation), so "every Inception-ResNet module"
