@@ -21,9 +21,11 @@ k // 2 on each side. The units:
 An Inception-ResNet unit computes relu(x + scale * conv2d(concat(branches))),
 where conv2d is a 1x1 convolution with a bias back to the width of x.
 
-Where SE sits. No official SE-Inception-ResNet-v2 definition was released; the
-paper (Sec. 4, Fig. 3) says the SE block is applied to the non-identity branch
-of an Inception-ResNet module, i.e. before the summation with the identity.
+Where SE sits. No official SE-Inception-ResNet-v2 definition was released. The
+paper (Sec. 3.3, "Instantiations", Fig. 3) takes the SE block's transformation
+to be the non-identity branch of a residual module, squeeze and excitation
+acting before the summation with the identity, and builds Inception-ResNet
+variants "following similar schemes" (results in Sec. 5.1, Table 2).
 Here it sits after the unit's 1x1 up-projection (with its bias), before the
 branch scaling and the addition: it recalibrates exactly the residual the unit
 adds, at the width of the trunk (320, 1088, 2080 channels; reduced widths
