@@ -30,6 +30,7 @@ from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, model_spec
 from senet_jax.models.mobilenet import torch_module as _mobilenet_module
 from senet_jax.models.vgg import torch_module as _vgg_module
+from senet_jax.models.inception_resnet import torch_module as _inception_resnet_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -65,6 +66,7 @@ TORCH_MODULE = {
     'legacy': _resnet_module,
     'timm_vgg': _vgg_module,
     'pytorchcv_mobilenet': _mobilenet_module,
+    'timm_irv2': _inception_resnet_module,
 }
 
 
