@@ -140,11 +140,11 @@ class ShuffleNet(nn.Module):
                 se = functools.partial(SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
                                        gate=self.gate, use_bias=self.se_bias, dtype=self.dtype,
                                        param_dtype=self.param_dtype)
-            for unit in range(1, repeats + 1):
-                x = ShuffleUnit(features=width, groups=self.groups, downsample=unit == 1,
-                                group_first=not (stage == 2 and unit == 1), se=se,
+            for b in range(repeats):   # named as the ResNet blocks, for senet_jax.analysis
+                x = ShuffleUnit(features=width, groups=self.groups, downsample=b == 0,
+                                group_first=not (stage == 2 and b == 0), se=se,
                                 kernels=self.kernels, dtype=self.dtype, param_dtype=self.param_dtype,
-                                name=f'stage{stage}_unit{unit}')(x, train)
+                                name=f'stage{stage}_block{b}')(x, train)
             features[f'stage{stage}'] = x
         if return_features:
             return features
@@ -176,15 +176,15 @@ def _check_widths(groups, stem_width, widths, repeats):
 # Flax module path -> pytorchcv module name (senet_jax.convert's table).
 
 def torch_module(path, layout: str) -> str:
-    """pytorchcv `shufflenet_g*` name of a Flax module path, e.g. ('stage2_unit1',
-    'dw_conv2') -> 'features.stage1.unit1.dw_conv2' (its stages count from 1)."""
+    """pytorchcv `shufflenet_g*` name of a Flax module path, e.g. ('stage2_block0',
+    'dw_conv2') -> 'features.stage1.unit1.dw_conv2' (its stages and units count from 1)."""
     head, rest = path[0], list(path[1:])
     if head == 'fc':
         return 'output'
     if head in ('conv1', 'conv1_bn'):
         return {'conv1': 'features.init_block.conv', 'conv1_bn': 'features.init_block.bn'}[head]
-    stage, unit = head[len('stage'):].split('_unit')
-    return '.'.join([f'features.stage{int(stage) - 1}', f'unit{unit}', *rest])
+    stage, block = head[len('stage'):].split('_block')
+    return '.'.join([f'features.stage{int(stage) - 1}', f'unit{int(block) + 1}', *rest])
 
 
 # ---------------------------------------------------------------------------
