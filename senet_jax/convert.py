@@ -31,6 +31,7 @@ from senet_jax.models import create_model, model_spec
 from senet_jax.models.mobilenet import torch_module as _mobilenet_module
 from senet_jax.models.vgg import torch_module as _vgg_module
 from senet_jax.models.inception_resnet import torch_module as _inception_resnet_module
+from senet_jax.models.shufflenet import torch_module as _shufflenet_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -67,6 +68,7 @@ TORCH_MODULE = {
     'timm_vgg': _vgg_module,
     'pytorchcv_mobilenet': _mobilenet_module,
     'timm_irv2': _inception_resnet_module,
+    'pytorchcv_shufflenet': _shufflenet_module,
 }
 
 

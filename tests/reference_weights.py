@@ -31,7 +31,9 @@ def _last_bn(keys):
         m = re.match(r'(layer\d+\.\d+)\.bn(\d)\.weight$', k)
         if m:
             last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
-    return {f'{block}.bn{i}' for block, i in last.items()}
+    # pytorchcv ShuffleNet units: the branch ends with expand_bn3.
+    shuffle = {k[:-len('.weight')] for k in keys if re.search(r'\.unit\d+\.expand_bn3\.weight$', k)}
+    return {f'{block}.bn{i}' for block, i in last.items()} | shuffle
 
 
 def random_state_dict(keys_and_shapes, seed=0):
