@@ -13,7 +13,7 @@ The config argument is `MODEL[,cifar10|cifar100][,local]` (cifar10 by default).
   # CPU smoke run: 4 steps of batch 8 on 32x32 fake images, evaluated once:
   python train.py --config=configs/cifar.py:se_resnet110_cifar,cifar100,local --workdir=/tmp/c100_local
 
-Data (paper Sec. 5.2, the standard augmentation): each training image is
+Data (the paper's CIFAR experiments: the standard augmentation): each training image is
 zero-padded by 4 pixels on every side, a random 32x32 crop taken and flipped
 horizontally at random; evaluation sees the test images as they are. The
 mean/std normalisation is the model's (its CIFAR input format). Prepare the data
@@ -21,13 +21,13 @@ once with `tfds build cifar10` (or cifar100); the eval split is 'test'.
 
 Recipes, from each baseline's own paper (the SENet paper trains each SE network
 as its baseline was trained):
-  ResNet-110 / ResNet-164 (He et al. 2016, "Deep residual learning" Sec. 4.2
-    and "Identity mappings" Sec. 4): batch 128, SGD momentum 0.9, weight decay
+  ResNet-110 / ResNet-164 (He et al. 2016, "Deep residual learning" Sec. 4.2,
+    and "Identity mappings in deep residual networks"): batch 128, SGD momentum 0.9, weight decay
     1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stopping at 64k
     (about 164 epochs). Left out: both papers start with lr 0.01 for about
     400 iterations (ResNet-110 only converged that way in the first paper); the
     config has no constant warm-up, and the BN networks here train from 0.1.
-  WRN-16-8 (Zagoruyko & Komodakis 2016, Sec. 3): batch 128, SGD with Nesterov
+  WRN-16-8 (Zagoruyko & Komodakis 2016, "Wide residual networks"): batch 128, SGD with Nesterov
     momentum 0.9, weight decay 5e-4, lr 0.1 multiplied by 0.2 at epochs 60, 120
     and 160 of 200, no dropout.
 The trainer decays conv and dense kernels only (the Torch originals decayed
