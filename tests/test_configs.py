@@ -219,3 +219,20 @@ def test_cifar_config_trains_on_mock_cifar_data(tmp_path, monkeypatch):
     with tfds.testing.mock_data(num_examples=16), mock.patch.object(
             tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
         _train_locally(config, str(tmp_path / 'run'))
+
+
+def test_places365_config_reads_places365_small(monkeypatch):
+    """tfds places365_small (mocked offline): 365 classes, and its supervised
+    keys (image, label, filename) are read as image and label."""
+    import tensorflow_datasets as tfds
+    from unittest import mock
+    from senet_jax import data
+    config = load('configs/places365.py:se_resnet152', monkeypatch)
+    config.update(data_dir='/nonexistent', batch_size=4, image_size=32)
+    with tfds.testing.mock_data(num_examples=8), mock.patch.object(
+            tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+        pipeline = data.create_input_pipeline(config)
+        batch = next(pipeline.train_batches(0))
+        assert pipeline.num_classes == 365
+        assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.uint8
+        assert len(list(pipeline.eval_batches())) == 2

@@ -72,8 +72,9 @@ class TfdsSource(Source):
 
     def __init__(self, config, shard: indexing.Shard):
         self.builder = builder = tfds_builder(config.dataset, config.data_dir)
+        # (places365_small's supervised keys add a third: the file name.)
         self.image_key, self.label_key = (builder.info.supervised_keys
-                                          or ('image', 'label'))
+                                          or ('image', 'label'))[:2]
         self.num_classes = builder.info.features[self.label_key].num_classes
         train_split = config.get('train_split', 'train')
         eval_split = config.get('eval_split', 'validation')
