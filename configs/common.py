@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_size = 224
     c.min_crop_area = 0.08        # random-size crop: 8%..100% of the area
     c.eval_crop_fraction = 0.875  # 224/256: centre crop of a 256 resize
+    # tfds only: 'inception' (the random-size crop above + flip; eval centre
+    # crop) or 'cifar' (zero-pad 4, random crop at the image's own size, flip;
+    # eval: the image as it is).
+    c.preprocess = 'inception'
     c.shuffle_buffer = 16 * 1024
     c.num_classes = 0             # dataset=fake only (0 -> 1000)
     c.fake_num_examples = 0       # dataset=fake only (0 -> 100 batches)
@@ -46,9 +50,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 1024  # global, over all devices and processes
     c.base_batch_size = 1024  # lr = learning_rate * batch_size / base_batch_size
     c.learning_rate = 0.6
-    c.lr_schedule = 'step'  # 'step' | 'cosine' | 'constant'
+    c.lr_schedule = 'step'  # 'step' | 'cosine' | 'constant' | 'plateau'
     c.lr_decay_epochs = 30
     c.lr_decay_factor = 0.1
+    # 'step': x lr_decay_factor at these steps (or epochs) instead of every
+    # lr_decay_epochs; at most one of the two is set.
+    c.lr_boundaries_steps = ()
+    c.lr_boundaries_epochs = ()
+    # 'plateau': x plateau_factor when the validation loss has not improved (by
+    # plateau_rtol, relative) for plateau_patience evaluations, then
+    # plateau_cooldown evaluations without counting; never below
+    # plateau_min_scale times the rate (optax.contrib.reduce_on_plateau).
+    c.plateau_patience = 10
+    c.plateau_factor = 0.1
+    c.plateau_cooldown = 0
+    c.plateau_min_scale = 0.0
+    c.plateau_rtol = 1e-4
     c.warmup_epochs = 0.0
     c.momentum = 0.9
     c.nesterov = False
@@ -114,4 +131,38 @@ def small_run_config(num_epochs: float) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_steps = 0  # once per epoch
     c.checkpoint_every_steps = 0  # once per epoch
+    return c
+
+
+def split_arg(arg: str) -> tuple[list, bool]:
+    """'se_vgg16_bn,local' -> (['se_vgg16_bn'], True): the config argument's
+    values, and whether `local` is among them."""
+    parts = [p.strip() for p in (arg or '').split(',') if p.strip()]
+    return [p for p in parts if p != 'local'], 'local' in parts
+
+
+def check_choice(what: str, value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f'unknown {what} {value!r}; choose one of '
+                         f'{", ".join(choices)} (optionally with ",local")')
+    return value
+
+
+def local_variant(c: ml_collections.ConfigDict, num_classes: int = 1000,
+                  image_size: int = 32) -> ml_collections.ConfigDict:
+    """`c` shrunk to a CPU smoke run: the same model and schedule, 4 steps of
+    batch 8 on fake images, evaluated once (at the end) on 8 of them.
+
+    Fake data keeps it offline; image_size is the smallest side the model
+    takes comfortably (Inception-ResNet-v2 needs 75).
+    """
+    c.dataset = 'fake'
+    c.num_classes = num_classes
+    c.fake_num_examples = 32
+    c.image_size = image_size
+    c.batch_size = 8
+    c.num_train_steps = 4
+    c.log_every_steps = 1
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 4
     return c

@@ -31,7 +31,11 @@ class TrainState(train_state.TrainState):
 
 
 def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int):
-    """Peak lr scaled linearly with the batch (lr * batch / base_batch_size)."""
+    """Peak lr scaled linearly with the batch (lr * batch / base_batch_size).
+
+    'plateau' is a constant rate here: its reductions are a factor kept in the
+    optimizer state (`scale_by_plateau`), fed the validation loss.
+    """
     lr = config.learning_rate
     if config.get('base_batch_size', 0):
         lr = lr * config.batch_size / config.base_batch_size
@@ -42,19 +46,93 @@ def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int):
             init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
             decay_steps=max(total_steps, warmup_steps + 1))
     if config.lr_schedule == 'step':
-        # /10 every lr_decay_epochs epochs (paper: 30).
-        every = max(int(config.lr_decay_epochs * steps_per_epoch), 1)
-        boundaries = {b: config.lr_decay_factor
-                      for b in range(every, total_steps, every)}
-        decay = optax.piecewise_constant_schedule(lr, boundaries)
-        if not warmup_steps:
-            return decay
-        warmup = optax.linear_schedule(0.0, lr, warmup_steps)
-        return optax.join_schedules([warmup, decay], [warmup_steps])
-    if config.lr_schedule == 'constant':
+        boundaries = step_boundaries(config, steps_per_epoch, total_steps)
+        decay = optax.piecewise_constant_schedule(
+            lr, {b: config.lr_decay_factor for b in boundaries})
+    elif config.lr_schedule == 'constant':
         return optax.constant_schedule(lr)
-    raise UserError(f'lr_schedule must be step, cosine or constant, got '
-                    f'{config.lr_schedule!r}')
+    elif config.lr_schedule == 'plateau':
+        decay = optax.constant_schedule(lr)
+    else:
+        raise UserError(f'lr_schedule must be step, cosine, constant or plateau, '
+                        f'got {config.lr_schedule!r}')
+    if not warmup_steps:
+        return decay
+    warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def step_boundaries(config, steps_per_epoch: int, total_steps: int) -> list:
+    """The steps at which 'step' multiplies the rate by lr_decay_factor:
+    lr_boundaries_steps, else lr_boundaries_epochs, else every lr_decay_epochs
+    epochs (the paper's ImageNet recipe: /10 every 30)."""
+    in_steps = tuple(config.get('lr_boundaries_steps', ()) or ())
+    in_epochs = tuple(config.get('lr_boundaries_epochs', ()) or ())
+    if in_steps and in_epochs:
+        raise UserError('set lr_boundaries_steps or lr_boundaries_epochs, not both')
+    if in_steps or in_epochs:
+        given = in_steps or in_epochs
+        if any(b <= 0 for b in given) or list(given) != sorted(set(given)):
+            raise UserError(f'lr boundaries must be positive and increasing, got {given}')
+        if in_steps:
+            return [int(b) for b in in_steps]
+        return sorted({max(int(round(e * steps_per_epoch)), 1) for e in in_epochs})
+    every = max(int(config.lr_decay_epochs * steps_per_epoch), 1)
+    return list(range(every, total_steps, every))
+
+
+# ---------------------------------------------------------------------------
+# Reduce on plateau: optax.contrib.reduce_on_plateau's state and rule, fed the
+# validation loss after each evaluation (not the training loss of each step).
+
+
+def _is_plateau(node) -> bool:
+    return isinstance(node, optax.contrib.ReduceLROnPlateauState)
+
+
+def reduce_on_plateau(config) -> optax.GradientTransformationExtraArgs:
+    """optax's transform with the config's plateau_* fields; raises UserError
+    on values it cannot use. Patience and cooldown count evaluations."""
+    factor, patience = config.plateau_factor, config.plateau_patience
+    cooldown, min_scale = config.plateau_cooldown, config.plateau_min_scale
+    rtol = config.get('plateau_rtol', 1e-4)
+    if not (0 < factor < 1 and patience >= 1 and cooldown >= 0
+            and 0 <= min_scale <= 1 and 0 < rtol <= 1):
+        raise UserError(
+            'need 0 < plateau_factor < 1, plateau_patience >= 1, plateau_cooldown >= 0, '
+            f'0 <= plateau_min_scale <= 1 and 0 < plateau_rtol <= 1, got {factor}, '
+            f'{patience}, {cooldown}, {min_scale} and {rtol}')
+    return optax.contrib.reduce_on_plateau(
+        factor=factor, patience=patience, rtol=rtol, cooldown=cooldown,
+        min_scale=min_scale)
+
+
+def scale_by_plateau(config) -> optax.GradientTransformation:
+    """Multiplies the updates by the plateau scale; only `observe_validation_loss`
+    changes it. Its state sits in opt_state, so checkpoints keep it."""
+    plateau = reduce_on_plateau(config)
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+    return optax.GradientTransformation(plateau.init, update)
+
+
+def observe_validation_loss(state, eval_loss, *, config):
+    """`state` after the plateau rule has seen one evaluation's loss."""
+    plateau = reduce_on_plateau(config)
+
+    def feed(node):
+        return plateau.update({}, node, value=eval_loss)[1] if _is_plateau(node) else node
+    return state.replace(opt_state=jax.tree.map(feed, state.opt_state,
+                                                is_leaf=_is_plateau))
+
+
+def plateau_scale(opt_state):
+    """The factor the plateau rule applies now (1 without one)."""
+    found = [n.scale for n in jax.tree.leaves(opt_state, is_leaf=_is_plateau)
+             if _is_plateau(n)]
+    return found[0] if found else 1.0
 
 
 def weight_decay_mask(params):
@@ -64,11 +142,15 @@ def weight_decay_mask(params):
 
 
 def create_optimizer(config, learning_rate_fn):
-    """SGD with momentum and coupled weight decay (added to the gradient)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
-        optax.sgd(learning_rate_fn, momentum=config.momentum,
-                  nesterov=config.nesterov))
+    """SGD with momentum and coupled weight decay (added to the gradient);
+    lr_schedule='plateau' multiplies the resulting update by the plateau scale,
+    which is the same as scaling the learning rate."""
+    parts = [optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+             optax.sgd(learning_rate_fn, momentum=config.momentum,
+                       nesterov=config.nesterov)]
+    if config.get('lr_schedule') == 'plateau':
+        parts.append(scale_by_plateau(config))
+    return optax.chain(*parts)
 
 
 def create_train_state(rng, config, model, tx, dtype='float32') -> TrainState:
@@ -139,7 +221,7 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     metrics = {
         'loss': loss,
         'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-        'learning_rate': learning_rate_fn(state.step),
+        'learning_rate': learning_rate_fn(state.step) * plateau_scale(state.opt_state),
         'finite': finite,
     }
     return new_state, metrics

@@ -46,7 +46,8 @@ from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import IMAGENET, create_model, min_input_size, model_spec, set_overrides
 from senet_jax.steps import (DynamicScale, TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
-                             eval_step, train_step, weight_decay_mask, zero_eval_totals)
+                             eval_step, observe_validation_loss, train_step,
+                             weight_decay_mask, zero_eval_totals)
 
 
 # ---------------------------------------------------------------------------
@@ -115,6 +116,8 @@ class Steps(NamedTuple):
     init: Callable   # rng -> TrainState, replicated
     train: Callable  # (state, batch, dropout_rng) -> (state, metrics); donates state
     eval: Callable   # (state, batch, totals) -> totals
+    # lr_schedule='plateau' only: (state, eval_loss) -> state; donates state
+    observe: Callable | None = None
 
 
 def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
@@ -146,7 +149,11 @@ def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
                           input_format=input_format),
         out_shardings=replicated, donate_argnums=2,
         compiler_options=xla_cpu.compiler_options())
-    return Steps(init, train, evaluate_fn)
+    observe = None
+    if config.get('lr_schedule') == 'plateau':
+        observe = jax.jit(functools.partial(observe_validation_loss, config=config),
+                          out_shardings=replicated, donate_argnums=0)
+    return Steps(init, train, evaluate_fn, observe)
 
 
 def dropout_key(seed: int, mesh):
@@ -484,6 +491,15 @@ def prefetch(batches, mesh, depth: int = 2):
         yield batch
 
 
+def observe(run: Run, state, metrics: dict):
+    """lr_schedule='plateau': the plateau rule sees the validation loss,
+    before the checkpoint of this step is saved (a resume keeps its rate)."""
+    if run.steps.observe is None:
+        return state
+    loss = sharding_lib.replicate(np.float32(metrics['eval_loss']), run.mesh)
+    return run.steps.observe(state, loss)
+
+
 # ---------------------------------------------------------------------------
 # Pretrained weights.
 
@@ -587,6 +603,7 @@ def train(run: Run, state, start_step: int, ckpts, metrics_log) -> dict:
             with progress.meter.paused():  # not training throughput
                 if eval_now:
                     last_eval = evaluate_and_log(run, state, metrics_log, step)
+                    state = observe(run, state, last_eval)
                 if ckpt_now:
                     ckpts.save(step, checkpointed(state), run.identity,
                                metrics={'eval_top1': last_eval['eval_top1']}

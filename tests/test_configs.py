@@ -3,10 +3,12 @@ import glob
 import os
 import re
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import test_train_utils as tu
 from configs import common
 from configs.ablations import study
 
@@ -94,3 +96,143 @@ def test_quickstart_and_ablation_local_share_the_small_run(monkeypatch):
 def test_unknown_recipe(monkeypatch):
     with pytest.raises(flags.IllegalFlagValueError, match="unknown recipe 'foo'"):
         load('configs/se_resnet50.py:foo', monkeypatch)
+
+
+# ---------------------------------------------------------------------------
+# The paper's other tables: configs/table2.py, table3.py, cifar.py, places365.py.
+
+from configs import cifar, places365, table2, table3  # noqa: E402
+
+TABLE3 = dict(batch_size=256, base_batch_size=256, learning_rate=0.1, lr_schedule='plateau',
+              plateau_patience=10, plateau_factor=0.1, plateau_cooldown=0,
+              plateau_min_scale=0.0, num_epochs=400.0, eval_every_steps=0, weight_decay=4e-5,
+              momentum=0.9, nesterov=False, min_crop_area=0.25, dataset='imagenet2012',
+              image_size=224)
+CIFAR = dict(image_size=32, preprocess='cifar', train_split='train', eval_split='test',
+             batch_size=128, base_batch_size=128, learning_rate=0.1, lr_schedule='step',
+             momentum=0.9, label_smoothing=0.0)
+RESNET_CIFAR = dict(CIFAR, lr_decay_factor=0.1, lr_boundaries_steps=(32_000, 48_000),
+                    lr_boundaries_epochs=(), num_train_steps=64_000, weight_decay=1e-4,
+                    nesterov=False)
+WRN_CIFAR = dict(CIFAR, lr_decay_factor=0.2, lr_boundaries_epochs=(60, 120, 160),
+                 lr_boundaries_steps=(), num_epochs=200.0, num_train_steps=-1,
+                 weight_decay=5e-4, nesterov=True)
+LOCAL = dict(dataset='fake', fake_num_examples=32, batch_size=8, num_train_steps=4,
+             log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=4)
+
+
+@pytest.mark.parametrize('model', table2.MODELS)
+def test_table2_is_the_imagenet_recipe(model, monkeypatch):
+    config = load(f'configs/table2.py:{model}', monkeypatch)
+    expected = dict(PAPER, model=model)
+    if 'inception_resnet_v2' in model:  # 299 crops; eval: 299 centre of a 352 resize
+        expected.update(image_size=299, eval_crop_fraction=299 / 352)
+    assert_fields(config, expected)
+
+
+@pytest.mark.parametrize('model', table3.MODELS)
+def test_table3_is_the_mobile_recipe(model, monkeypatch):
+    assert_fields(load(f'configs/table3.py:{model}', monkeypatch), dict(TABLE3, model=model))
+
+
+@pytest.mark.parametrize('model', cifar.MODELS)
+@pytest.mark.parametrize('dataset', ['', 'cifar10', 'cifar100'])
+def test_cifar_recipes(model, dataset, monkeypatch):
+    config = load(f'configs/cifar.py:{model}' + (f',{dataset}' if dataset else ''), monkeypatch)
+    recipe = WRN_CIFAR if model.startswith(('wrn', 'se_wrn')) else RESNET_CIFAR
+    assert_fields(config, dict(recipe, model=model, dataset=dataset or 'cifar10'))
+
+
+@pytest.mark.parametrize('model', places365.MODELS)
+def test_places365_is_the_imagenet_recipe(model, monkeypatch):
+    config = load(f'configs/places365.py:{model}', monkeypatch)
+    assert_fields(config, dict(PAPER, model=model, dataset='places365_small',
+                               eval_split='validation'))
+    assert load('configs/places365.py', monkeypatch).model == 'se_resnet152'
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('configs/table2.py:se_vgg16', "unknown model 'se_vgg16'"),
+    ('configs/table2.py:local', 'give one model'),
+    ('configs/table3.py:mobilenet_v1,se_mobilenet_v1', 'give one model'),
+    ('configs/cifar.py:se_resnet110_cifar,cifar1000', "unknown dataset 'cifar1000'"),
+    ('configs/places365.py:se_resnet50', "unknown model 'se_resnet50'")])
+def test_bad_table_arguments(arg, message, monkeypatch):
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        load(arg, monkeypatch)
+
+
+LOCAL_RUNS = ([f'configs/table2.py:{m},local' for m in table2.MODELS]
+              + [f'configs/table3.py:{m},local' for m in table3.MODELS]
+              + [f'configs/cifar.py:{m},{d},local' for m in cifar.MODELS
+                 for d in ('cifar10', 'cifar100')]
+              + [f'configs/places365.py:{m},local' for m in places365.MODELS])
+
+
+@pytest.mark.parametrize('arg', LOCAL_RUNS)
+def test_local_variant_fields(arg, monkeypatch):
+    """`local` keeps the model and the recipe's schedule; only data and length shrink."""
+    config = load(arg, monkeypatch)
+    full = load(arg.replace(',local', ''), monkeypatch)
+    size = 75 if 'inception_resnet_v2' in arg else 32
+    num_classes = (365 if 'places365' in arg else 100 if 'cifar100' in arg
+                   else 10 if 'cifar10' in arg else 1000)
+    assert_fields(config, dict(LOCAL, model=full.model, image_size=size,
+                               num_classes=num_classes))
+    for field in ('lr_schedule', 'lr_boundaries_steps', 'lr_boundaries_epochs',
+                  'plateau_patience', 'weight_decay', 'nesterov', 'preprocess'):
+        assert config[field] == full[field]
+
+
+def _train_locally(config, workdir):
+    from senet_jax import trainer
+    result = trainer.train_and_evaluate(config, workdir)
+    assert 0 <= result['eval_top1'] <= 1 and np.isfinite(result['eval_loss'])
+    lines = [m for m in tu.metrics(workdir) if 'train_loss' in m]
+    assert [m['step'] for m in lines] == [1, 2, 3, 4]
+    assert all(m['learning_rate'] > 0 and np.isfinite(m['train_loss']) for m in lines)
+    assert tu.checkpoint_steps(workdir) == [4]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arg', LOCAL_RUNS)
+def test_local_variant_trains(arg, tmp_path, monkeypatch):
+    """Every table config's `local` variant trains 4 steps and evaluates, in process."""
+    from senet_jax.models import list_models
+    config = load(arg, monkeypatch)
+    if config.model not in list_models():
+        pytest.skip(f'{config.model} is not registered in this checkout')
+    _train_locally(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.slow
+def test_cifar_config_trains_on_mock_cifar_data(tmp_path, monkeypatch):
+    """The CIFAR config's own data path (preprocess='cifar' on tfds cifar100,
+    mocked offline) through the trainer, with se_resnet_mini for the network."""
+    import tensorflow_datasets as tfds
+    from unittest import mock
+    config = load('configs/cifar.py:se_resnet110_cifar,cifar100', monkeypatch)
+    config.update(model='se_resnet_mini', data_dir='/nonexistent', batch_size=8,
+                  num_train_steps=4, log_every_steps=1, eval_every_steps=4,
+                  checkpoint_every_steps=4)
+    with tfds.testing.mock_data(num_examples=16), mock.patch.object(
+            tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+        _train_locally(config, str(tmp_path / 'run'))
+
+
+def test_places365_config_reads_places365_small(monkeypatch):
+    """tfds places365_small (mocked offline): 365 classes, and its supervised
+    keys (image, label, filename) are read as image and label."""
+    import tensorflow_datasets as tfds
+    from unittest import mock
+    from senet_jax import data
+    config = load('configs/places365.py:se_resnet152', monkeypatch)
+    config.update(data_dir='/nonexistent', batch_size=4, image_size=32)
+    with tfds.testing.mock_data(num_examples=8), mock.patch.object(
+            tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+        pipeline = data.create_input_pipeline(config)
+        batch = next(pipeline.train_batches(0))
+        assert pipeline.num_classes == 365
+        assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.uint8
+        assert len(list(pipeline.eval_batches())) == 2

@@ -14,9 +14,10 @@ therefore sees exactly the batches an uninterrupted run would have seen.
 Evaluation covers every example exactly once: the last batch is padded and
 masked, nothing is dropped.
 
-Layout: one module per source (`digits`, `fake`, `imagefolder`, `tfds`), the
+Layout: one module per source (`digits`, `fake`, `imagefolder`, `tfds`, and
+`cifar`: tfds with the CIFAR augmentation, config.preprocess='cifar'), the
 index arithmetic they share in `indexing`, the TensorFlow image preprocessing
-in `preprocess`. Only `imagefolder`, `tfds` and `preprocess` import TensorFlow,
+in `preprocess`. Only `imagefolder`, `tfds`, `cifar` and `preprocess` import TensorFlow,
 and only when a config names them.
 """
 
@@ -24,6 +25,7 @@ import importlib
 
 from senet_jax.data.base import InputPipeline, Source
 from senet_jax.data.indexing import Shard, epoch_permutation  # noqa: F401  (re-exported)
+from senet_jax.errors import UserError
 
 # dataset name -> "module:class"; any other name is a tfds dataset.
 SOURCES = {
@@ -32,6 +34,8 @@ SOURCES = {
     'imagefolder': 'senet_jax.data.imagefolder:ImageFolderSource',
 }
 _TFDS = 'senet_jax.data.tfds:TfdsSource'
+# tfds datasets by config.preprocess.
+_TFDS_BY_PREPROCESS = {'inception': _TFDS, 'cifar': 'senet_jax.data.cifar:CifarSource'}
 
 # Names kept importable from `senet_jax.data`, loaded on first use so that
 # importing this package never imports TensorFlow.
@@ -45,9 +49,13 @@ _LAZY = {
 }
 
 
-def source_class(dataset: str) -> type[Source]:
-    """The Source subclass that serves `dataset`, imported on demand."""
-    module, cls = SOURCES.get(dataset, _TFDS).split(':')
+def source_class(dataset: str, preprocess: str = 'inception') -> type[Source]:
+    """The Source subclass that serves `dataset`, imported on demand; a tfds
+    dataset's depends on `preprocess` (the other sources ignore it)."""
+    if preprocess not in _TFDS_BY_PREPROCESS:
+        raise UserError(f'preprocess must be one of {", ".join(_TFDS_BY_PREPROCESS)}, '
+                        f'got {preprocess!r}')
+    module, cls = SOURCES.get(dataset, _TFDS_BY_PREPROCESS[preprocess]).split(':')
     return getattr(importlib.import_module(module), cls)
 
 
@@ -55,7 +63,8 @@ def create_input_pipeline(config, process_index: int = 0,
                           process_count: int = 1) -> InputPipeline:
     """Builds the pipeline named by `config.dataset` for this process's slice."""
     shard = Shard(config.batch_size, process_index, process_count)
-    source = source_class(config.dataset)(config, shard)
+    source = source_class(config.dataset, config.get('preprocess', 'inception'))(
+        config, shard)
     return InputPipeline(
         num_classes=source.num_classes,
         num_train_examples=source.num_train_examples,

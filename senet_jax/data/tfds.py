@@ -72,8 +72,9 @@ class TfdsSource(Source):
 
     def __init__(self, config, shard: indexing.Shard):
         self.builder = builder = tfds_builder(config.dataset, config.data_dir)
+        # (places365_small's supervised keys add a third: the file name.)
         self.image_key, self.label_key = (builder.info.supervised_keys
-                                          or ('image', 'label'))
+                                          or ('image', 'label'))[:2]
         self.num_classes = builder.info.features[self.label_key].num_classes
         train_split = config.get('train_split', 'train')
         eval_split = config.get('eval_split', 'validation')
@@ -95,6 +96,14 @@ class TfdsSource(Source):
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
         self.shuffle_buffer = config.get('shuffle_buffer', 16 * 1024)
         self.decoders = {self.image_key: tfds.decode.SkipDecoding()}
+
+    def train_image(self, data, seed):
+        """Encoded bytes -> the augmented uint8 [S, S, 3] training image."""
+        return preprocess.preprocess_train(data, seed, self.image_size, self.min_area)
+
+    def eval_image(self, data):
+        """Encoded bytes -> the uint8 [S, S, 3] centre crop."""
+        return preprocess.preprocess_eval(data, self.image_size, self.crop_fraction)
 
     def _epoch_records(self, epoch):
         """This process's records of `epoch`, in an order fixed by (seed, epoch)."""
@@ -118,9 +127,7 @@ class TfdsSource(Source):
 
         def parse(i, ex):
             seed = preprocess.example_seed(self.seed, start + i)
-            return (preprocess.preprocess_train(ex[self.image_key], seed,
-                                                self.image_size, self.min_area),
-                    ex[self.label_key])
+            return self.train_image(ex[self.image_key], seed), ex[self.label_key]
 
         ds = preprocess.tpu_host_options(ds)
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -136,8 +143,7 @@ class TfdsSource(Source):
         ds = self.builder.as_dataset(split=self.eval_part, decoders=self.decoders,
                                      shuffle_files=False)
         ds = preprocess.tpu_host_options(ds)
-        ds = ds.map(lambda ex: (preprocess.preprocess_eval(
-            ex[self.image_key], self.image_size, self.crop_fraction),
+        ds = ds.map(lambda ex: (self.eval_image(ex[self.image_key]),
                                 ex[self.label_key]),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(self.shard.local_batch).prefetch(2)
