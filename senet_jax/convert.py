@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, model_spec
+from senet_jax.models.bn_inception import torch_module as _bn_inception_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -61,6 +62,8 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
 TORCH_MODULE = {
     'timm': _resnet_module,
     'legacy': _resnet_module,
+    'cadene_bninception': _bn_inception_module,
+    'caffe_se_bn_inception': _bn_inception_module,
 }
 
 
