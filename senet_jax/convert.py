@@ -65,6 +65,9 @@ TORCH_MODULE = {
     'cadene_bninception': _bn_inception_module,
     'caffe_se_bn_inception': _bn_inception_module,
 }
+# Layouts of released weights that no PyTorch network builds to test against:
+# the official SE-BN-Inception caffemodel, exported to a state_dict by name.
+WEIGHTS_WITHOUT_REFERENCE = {'caffe_se_bn_inception'}
 
 
 def _torch_module(path: Tuple[str, ...], layout: str) -> str:
@@ -116,7 +119,7 @@ def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict
     no other key may be (num_batches_tracked aside); the error names the keys.
     """
     spec = model_spec(name)
-    if spec.reference is None:
+    if spec.reference is None and spec.layout not in WEIGHTS_WITHOUT_REFERENCE:
         raise ConversionError(f'{name} has no PyTorch reference to convert from.')
     model = create_model(name, num_classes=_num_classes(name, state_dict), **overrides)
     shapes = _variable_shapes(model, spec.input_size)

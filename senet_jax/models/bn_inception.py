@@ -88,7 +88,7 @@ def reduction_pool(x, pool):
     convolution with padding 1: -inf padding at the bottom and the right only,
     one row for an even side (Caffe's and PyTorch's ceil mode), two for an odd
     one (where the references' concatenation fails)."""
-    pads = tuple((0, 2 - size % 2) for size in x.shape[1:3])
+    pads = tuple((0, 1 + size % 2) for size in x.shape[1:3])
     return pool(x, 3, 2, pads)
 
 
