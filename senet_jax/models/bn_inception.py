@@ -1,4 +1,4 @@
-"""BN-Inception (Ioffe & Szegedy 2015, Table 1 / Fig. 5) and SE-BN-Inception.
+"""BN-Inception (Ioffe & Szegedy 2015, Fig. 5) and SE-BN-Inception.
 
 One class for both: `se_stages` says which Inception modules carry an SE block
 (3 = inception_3a..3c, 4 = 4a..4e, 5 = 5a..5b; empty for the plain base).
@@ -32,9 +32,9 @@ right until it has ceil(h / 2) rows too, so any input of at least 7 pixels
 works, and wherever the references run this is their result.
 
 Input: Caffe's convention, BGR in [0, 255] minus the mean pixel 104/117/123
-(spec.CAFFE_BGR, the prototxt's `mean_value`); Cadene's settings give 128 for
-the red mean (inherited from tsn-pytorch), a constant offset of 5 on one input
-channel, which we do not follow so that both networks see the same pixels.
+(spec.CAFFE_BGR, the prototxt's `mean_value`), for both networks, so that the
+Table 2 pair sees the same pixels. Cadene's settings give 128 for the red
+mean: with its weights that is a constant offset of 5 on one input channel.
 
 Parameter names follow the Caffe layer names ('/' written '_'), so that
 `torch_module` maps them to Cadene's keys and to a state_dict exported from the
@@ -57,7 +57,7 @@ STAGES = (3, 4, 5)   # inception_3x, inception_4x, inception_5x
 
 
 class ModuleWidths(NamedTuple):
-    """One row of Table 1 of Ioffe & Szegedy: the widths of an Inception module's branches."""
+    """One row of Fig. 5 of Ioffe & Szegedy: the widths of an Inception module's branches."""
     name: str            # '3a' .. '5b'
     n1x1: int            # 0: no 1x1 branch (the stride-2 modules 3c, 4e)
     n3x3_reduce: int
@@ -92,6 +92,12 @@ def reduction_pool(x, pool):
     return pool(x, 3, 2, pads)
 
 
+def conv_unit(conv, norm, bias: bool, name: str, features: int, kernel: int, stride: int, x):
+    """Convolution, BN ('<name>_bn') and ReLU: every layer of BN-Inception."""
+    x = conv(features, kernel, stride, use_bias=bias, name=name)(x)
+    return nn.relu(norm(name=f'{name}_bn')(x))
+
+
 class InceptionModule(nn.Module):
     """The four-branch (or, with stride 2, three-branch) module of Fig. 5 of
     Ioffe & Szegedy, its branches concatenated in Caffe's order, then SE."""
@@ -105,12 +111,8 @@ class InceptionModule(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         kernels = cpu_kernels.choose(self.kernels)
-        conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
-
-        def unit(name, features, kernel, stride, y):
-            y = conv(features, kernel, stride, use_bias=self.conv_bias, name=name)(y)
-            return nn.relu(norm(name=f'{name}_bn')(y))
-
+        unit = functools.partial(conv_unit, *conv_and_norm(train, self.dtype, self.param_dtype, kernels),
+                                 self.conv_bias)
         w = self.widths
         branches = []
         if w.n1x1:
@@ -172,14 +174,10 @@ class BNInception(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         kernels = cpu_kernels.choose(self.kernels)
-        conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
+        unit = functools.partial(conv_unit, *conv_and_norm(train, self.dtype, self.param_dtype, kernels),
+                                 self.conv_bias)
         x = x.astype(self.dtype or x.dtype)
         features = {}
-
-        def unit(name, features_, kernel, stride, y):
-            y = conv(features_, kernel, stride, use_bias=self.conv_bias, name=name)(y)
-            return nn.relu(norm(name=f'{name}_bn')(y))
-
         x = unit('conv1_7x7_s2', 64, 7, 2, x)
         features['conv1'] = x
         x = max_pool_ceil(x, 3, 2, pool=kernels.max_pool)
@@ -238,10 +236,12 @@ def torch_module(path: Tuple[str, ...], layout: str) -> str:
 # The zoo entries of this family. Paper Table 2: GFLOPs (multiply-adds) at 224.
 
 SPECS = {
+    # The references run at 223..230 pixels only (see above); at 223 and 227 the
+    # stem pools round up.
     'bn_inception': spec(BNInception, 'bninception', 'cadene_bninception', source='cadene',
                          input_format=CAFFE_BGR, paper=PaperFigures('Table 2', 2.03),
                          odd_size=(223, 227), se_stages=(), conv_bias=True),
-    'se_bn_inception': spec(BNInception, None, 'caffe_se_bn_inception', source='cadene',
-                            input_format=CAFFE_BGR, paper=PaperFigures('Table 2', 2.04),
-                            odd_size=(223, 227)),
+    # No PyTorch network to match; its parameter count is the prototxt's (tests).
+    'se_bn_inception': spec(BNInception, None, 'caffe_se_bn_inception', input_format=CAFFE_BGR,
+                            paper=PaperFigures('Table 2', 2.04)),
 }
