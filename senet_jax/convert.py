@@ -32,6 +32,7 @@ from senet_jax.models.mobilenet import torch_module as _mobilenet_module
 from senet_jax.models.vgg import torch_module as _vgg_module
 from senet_jax.models.inception_resnet import torch_module as _inception_resnet_module
 from senet_jax.models.shufflenet import torch_module as _shufflenet_module
+from senet_jax.models.bn_inception import torch_module as _bn_inception_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -69,7 +70,12 @@ TORCH_MODULE = {
     'pytorchcv_mobilenet': _mobilenet_module,
     'timm_irv2': _inception_resnet_module,
     'pytorchcv_shufflenet': _shufflenet_module,
+    'cadene_bninception': _bn_inception_module,
+    'caffe_se_bn_inception': _bn_inception_module,
 }
+# Layouts of released weights that no PyTorch network builds to test against:
+# the official SE-BN-Inception caffemodel, exported to a state_dict by name.
+WEIGHTS_WITHOUT_REFERENCE = {'caffe_se_bn_inception'}
 
 
 def _torch_module(path: Tuple[str, ...], layout: str) -> str:
@@ -121,7 +127,7 @@ def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict
     no other key may be (num_batches_tracked aside); the error names the keys.
     """
     spec = model_spec(name)
-    if spec.reference is None:
+    if spec.reference is None and spec.layout not in WEIGHTS_WITHOUT_REFERENCE:
         raise ConversionError(f'{name} has no PyTorch reference to convert from.')
     model = create_model(name, num_classes=_num_classes(name, state_dict), **overrides)
     shapes = _variable_shapes(model, spec.input_size)
