@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, model_spec
+from senet_jax.models.cifar import torch_module as _cifar_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -61,6 +62,8 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
 TORCH_MODULE = {
     'timm': _resnet_module,
     'legacy': _resnet_module,
+    'cifar': _cifar_module,
+    'cifar_preact': _cifar_module,
 }
 
 

@@ -9,11 +9,12 @@ import dataclasses
 from typing import Any, Dict, List, Mapping, Optional
 
 from senet_jax.models import resnet
+from senet_jax.models import cifar
 from senet_jax.models.spec import (IMAGENET, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401 (re-exported)
                                    InputFormat, ModelSpec, PaperFigures, normalize_images)
 from senet_jax.options import did_you_mean, validate_options  # noqa: F401 (re-exported)
 
-FAMILIES = (resnet,)
+FAMILIES = (resnet, cifar)
 _REGISTRY: Dict[str, ModelSpec] = {}
 for _family in FAMILIES:
     for _name, _spec in _family.SPECS.items():
