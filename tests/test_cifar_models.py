@@ -86,6 +86,12 @@ def test_one_se_gate_per_unit(name, gates):
     assert all(path[-2] == 'se' for path in sown)
 
 
+def test_se_width_is_floor_c_over_r_as_pytorchcv():
+    params = _shapes(create_model('se_resnet110_cifar', units=(1, 1, 1)))['params']
+    widths = [params[f'stage{s}_unit1']['se']['fc1']['kernel'].shape for s in (1, 2, 3)]
+    assert widths == [(16, 1), (32, 2), (64, 4)]   # not rounded up to multiples of 8 as timm's
+
+
 def test_se_stages_picks_the_stages():
     model = create_model('se_wrn16_8_cifar', se_stages=(3,))
     variables = _shapes(model)
