@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 
 from reference_weights import random_input, random_state_dict
 from senet_jax import load_pretrained
+from senet_jax.analysis import se_blocks
 from senet_jax.convert import main, torch_to_flax
 from senet_jax.models import create_model, model_spec
 from senet_jax.models.cifar import PreActUnit
@@ -88,15 +89,20 @@ def test_one_se_gate_per_unit(name, gates):
 
 def test_se_width_is_floor_c_over_r_as_pytorchcv():
     params = _shapes(create_model('se_resnet110_cifar', units=(1, 1, 1)))['params']
-    widths = [params[f'stage{s}_unit1']['se']['fc1']['kernel'].shape for s in (1, 2, 3)]
+    widths = [params[f'stage{s}_block0']['se']['fc1']['kernel'].shape for s in (1, 2, 3)]
     assert widths == [(16, 1), (32, 2), (64, 4)]   # not rounded up to multiples of 8 as timm's
+
+
+def test_analysis_finds_the_se_blocks_in_depth_order():
+    variables = _shapes(create_model('se_wrn16_8_cifar'))
+    assert se_blocks(variables) == [f'stage{s}_block{b}' for s in (1, 2, 3) for b in (0, 1)]
 
 
 def test_se_stages_picks_the_stages():
     model = create_model('se_wrn16_8_cifar', se_stages=(3,))
     variables = _shapes(model)
     se_units = sorted(k for k, v in variables['params'].items() if 'se' in v)
-    assert se_units == ['stage3_unit1', 'stage3_unit2']
+    assert se_units == ['stage3_block0', 'stage3_block1']
     assert n_params('se_wrn16_8_cifar', se_stages=(3,)) == 10_961_370 + 2 * se_params(512)
 
 
@@ -157,7 +163,7 @@ def test_every_se_option_overrides(name, channels):
                            (dict(gate='tanh'), channels // 16), (dict(squeeze='none'), channels // 16)):
         model = create_model(name, units=(1, 1, 1), num_classes=100, **overrides)
         variables = _shapes(model)
-        assert variables['params']['stage3_unit1']['se']['fc1']['kernel'].shape == (channels, fc1)
+        assert variables['params']['stage3_block0']['se']['fc1']['kernel'].shape == (channels, fc1)
         logits = jax.eval_shape(lambda v: model.apply(v, X32), variables)
         assert logits.shape == (1, 100)
     # One real training-mode pass of a small network with a non-default gate.

@@ -148,9 +148,9 @@ class CifarResNet(nn.Module):
             x = nn.relu(norm(name='stem_bn')(x))
         features = {'stem': x}
         for i, (stage, depth, planes) in enumerate(zip(CIFAR_STAGES, self.units, self.channels)):
-            for u in range(1, depth + 1):
-                stride = 2 if (u == 1 and i > 0) else 1
-                x = self._unit(planes, stride, self._se(stage), f'stage{stage}_unit{u}')(x, train)
+            for b in range(depth):   # named as models/resnet.py's blocks (analysis reads them)
+                stride = 2 if (b == 0 and i > 0) else 1
+                x = self._unit(planes, stride, self._se(stage), f'stage{stage}_block{b}')(x, train)
             features[f'stage{stage}'] = x
         if return_features:
             return features
@@ -186,8 +186,8 @@ def torch_module(path: Tuple[str, ...], layout: str) -> str:
         return 'features.init_block' if preact else 'features.init_block.conv'
     if head == 'stem_bn':
         return 'features.init_block.bn'
-    stage, unit = head[len('stage'):].split('_unit')
-    parts = [f'features.stage{stage}.unit{unit}']
+    stage, block = head[len('stage'):].split('_block')
+    parts = [f'features.stage{stage}.unit{int(block) + 1}']
     for p in rest:
         if p.startswith(('conv', 'bn')):      # conv{k} / bn{k} of the k-th conv block of the body
             kind, k = ('conv', p[4:]) if p.startswith('conv') else ('bn', p[2:])
