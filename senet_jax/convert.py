@@ -33,6 +33,7 @@ from senet_jax.models.vgg import torch_module as _vgg_module
 from senet_jax.models.inception_resnet import torch_module as _inception_resnet_module
 from senet_jax.models.shufflenet import torch_module as _shufflenet_module
 from senet_jax.models.bn_inception import torch_module as _bn_inception_module
+from senet_jax.models.cifar import torch_module as _cifar_module
 
 METADATA = 'model.json'
 VARIABLES = 'variables'
@@ -72,6 +73,8 @@ TORCH_MODULE = {
     'pytorchcv_shufflenet': _shufflenet_module,
     'cadene_bninception': _bn_inception_module,
     'caffe_se_bn_inception': _bn_inception_module,
+    'cifar': _cifar_module,
+    'cifar_preact': _cifar_module,
 }
 # Layouts of released weights that no PyTorch network builds to test against:
 # the official SE-BN-Inception caffemodel, exported to a state_dict by name.

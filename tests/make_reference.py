@@ -46,6 +46,9 @@ def build_reference(spec, **kwargs):
         return timm.create_model(spec.reference, pretrained=False, **kwargs)
     if spec.source == 'pytorchcv':
         from pytorchcv.model_provider import get_model
+        if spec.reference == 'wrn16_8_cifar10':   # not a registered name: pytorchcv's WRN builder
+            from pytorchcv.models.wrn_cifar import get_wrn_cifar
+            return get_wrn_cifar(num_classes=10, blocks=16, width_factor=8, model_name=spec.reference)
         return get_model(spec.reference, pretrained=False, **kwargs)
     if spec.source == 'cadene':   # the one file, which imports only torch
         package = os.path.dirname(importlib.util.find_spec('pretrainedmodels').origin)

@@ -33,7 +33,17 @@ def _last_bn(keys):
             last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
     # pytorchcv ShuffleNet units: the branch ends with expand_bn3.
     shuffle = {k[:-len('.weight')] for k in keys if re.search(r'\.unit\d+\.expand_bn3\.weight$', k)}
-    return {f'{block}.bn{i}' for block, i in last.items()} | shuffle
+    small = {f'{block}.bn{i}' for block, i in last.items()} | shuffle
+    # pytorchcv's post-activation CIFAR units (body.conv{k} = conv then bn); not its
+    # pre-activation WRN (a final 'post_activ' BN), whose BNs come before the convs.
+    if not any(k.startswith('features.post_activ.') for k in keys):
+        units = {}
+        for k in keys:
+            m = re.match(r'(features\.stage\d+\.unit\d+)\.body\.conv(\d)\.bn\.weight$', k)
+            if m:
+                units[m.group(1)] = max(units.get(m.group(1), 0), int(m.group(2)))
+        small |= {f'{unit}.body.conv{i}.bn' for unit, i in units.items()}
+    return small
 
 
 def random_state_dict(keys_and_shapes, seed=0):

@@ -8,12 +8,12 @@ size and pixel format). This module gathers them.
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional
 
-from senet_jax.models import bn_inception, inception_resnet, mobilenet, resnet, shufflenet, vgg
+from senet_jax.models import bn_inception, cifar, inception_resnet, mobilenet, resnet, shufflenet, vgg
 from senet_jax.models.spec import (IMAGENET, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401 (re-exported)
                                    InputFormat, ModelSpec, PaperFigures, normalize_images)
 from senet_jax.options import did_you_mean, validate_options  # noqa: F401 (re-exported)
 
-FAMILIES = (resnet, bn_inception, inception_resnet, vgg, mobilenet, shufflenet)
+FAMILIES = (resnet, bn_inception, inception_resnet, vgg, mobilenet, shufflenet, cifar)
 _REGISTRY: Dict[str, ModelSpec] = {}
 for _family in FAMILIES:
     for _name, _spec in _family.SPECS.items():
