@@ -93,8 +93,18 @@ def fixed_batches(data, batch_size: int):
 # Gate statistics.
 
 
-def se_blocks(variables) -> List[str]:
-    """Names of the residual units that carry an SE block, in depth order."""
+def se_blocks(variables, model=None) -> List[str]:
+    """Names of the units that carry an SE block, in depth order.
+
+    A name is the path of the SE block's unit, '/'-joined ('stage3_block1',
+    'inception_4a'; see `_block_name`). With `model`, the
+    order is the order in which the forward pass calls the blocks (any family);
+    without, the residual families' 'stage{s}_block{b}' names are sorted by
+    (s, b).
+    """
+    if model is not None:
+        return _se_call_order(model, variables)
+
     def depth(name):
         stage, block = name[len('stage'):].split('_block')
         return int(stage), int(block)
@@ -102,16 +112,47 @@ def se_blocks(variables) -> List[str]:
     return sorted(names, key=depth)
 
 
+def _block_name(se_path) -> str:
+    """A unit's name from its SE module's path: the parent of a module named 'se'
+    ('stage3_block1'), else the SE module itself ('se1_1')."""
+    se_path = tuple(se_path)
+    return '/'.join(se_path[:-1] if se_path[-1] == 'se' else se_path)
+
+
+def _se_call_order(model, variables) -> List[str]:
+    """The parent paths of the SqueezeExcite modules, in the order a forward pass calls them."""
+    import flax.linen as nn
+    from senet_jax.layers import SqueezeExcite
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, SqueezeExcite) and context.method_name == '__call__':
+            path = _block_name(context.module.path)
+            if path not in calls:
+                calls.append(path)
+        return next_fun(*args, **kwargs)
+
+    side = max(model.min_input_size(), 32) if hasattr(model, 'min_input_size') else 32
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+    params = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), params, x)
+    return calls
+
+
 def gates_and_logits(model, variables, images):
-    """(logits, {block: gates (N, C)}); squeeze='none' gates are averaged over space."""
+    """(logits, {block: gates (N, C)}); squeeze='none' gates are averaged over space.
+
+    Blocks are named as in `se_blocks`."""
+    from flax import traverse_util
     variables = {k: v for k, v in variables.items() if k != 'intermediates'}
     logits, state = model.apply(variables, prepare(images), train=False,
                                 mutable=['intermediates'])
     gates = {}
-    for block, sown in state['intermediates'].items():
-        if 'se' in sown:
-            g = sown['se']['gate'][0].astype(jnp.float32)
-            gates[block] = g.mean(axis=(1, 2)) if g.ndim == 4 else g
+    for path, sown in traverse_util.flatten_dict(dict(state['intermediates'])).items():
+        if path[-1] == 'gate':      # only SqueezeExcite sows 'gate'
+            g = sown[0].astype(jnp.float32)
+            gates[_block_name(path[:-1])] = g.mean(axis=(1, 2)) if g.ndim == 4 else g
     return logits.astype(jnp.float32), gates
 
 
@@ -158,7 +199,7 @@ def collect_gate_stats(model, variables, data, num_classes: int,
         raise ValueError('collect_gate_stats got no data.')
     sums, squares, counts, correct = totals
     n = counts.sum()
-    blocks = se_blocks(variables)
+    blocks = se_blocks(variables, model)
     with np.errstate(invalid='ignore', divide='ignore'):
         class_mean = {b: sums[b] / counts[:, None] for b in blocks}
     mean = {b: sums[b].sum(0) / n for b in blocks}

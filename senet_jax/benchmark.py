@@ -172,9 +172,11 @@ def time_round(run, steps, block):
 
 def benchmark(args):
     if args.compare == 'timm':
-        reference = model_spec(args.model).reference
-        if reference is None:
-            raise ValueError(f'{args.model} has no timm reference to compare with.')
+        spec = model_spec(args.model)
+        reference = spec.reference
+        if reference is None or spec.source != 'timm':
+            built_by = f' (its reference is {spec.source} {reference})' if reference else ''
+            raise ValueError(f'{args.model} has no timm reference to compare with{built_by}.')
         _import_timm()   # fail before compiling anything
     run, flops, compile_s = jax_step(args.model, args.batch_size, args.image_size, args.mode, args.dtype)
     block = jax.block_until_ready

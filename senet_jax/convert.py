@@ -110,11 +110,17 @@ def _as_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _layout_name(name: str) -> str:
+    """How an error names the state_dict layout a model converts from."""
+    spec = model_spec(name)
+    return f'{spec.source} {spec.reference}' if spec.reference else spec.layout
+
+
 def _num_classes(name: str, state_dict: Mapping[str, Any]) -> int:
     key = torch_key('params', ('fc', 'bias'), model_spec(name).layout)
     if key not in state_dict:
         raise ConversionError(f"The weights have no classifier '{key}': they are not in the "
-                              f"layout of {name}'s reference ({model_spec(name).reference}).")
+                              f"{_layout_name(name)} layout.")
     return int(np.shape(state_dict[key])[0])
 
 
@@ -156,7 +162,7 @@ def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict
             shown = ', '.join(keys[:8]) + (f' and {len(keys) - 8} more' if len(keys) > 8 else '')
             problems.append(f'{len(keys)} key(s) {what}: {shown}')
     if problems:
-        raise ConversionError(f'These weights do not fit {name} (reference {spec.reference}): '
+        raise ConversionError(f'These weights do not fit {name} ({_layout_name(name)} layout): '
                               + '; '.join(problems) + '.')
     return traverse_util.unflatten_dict(flat)
 

@@ -259,3 +259,24 @@ def test_load_workdir_matches_the_trainers_evaluation(tmp_path):
     test = analysis.digits_data(meta['image_size'], 'test')
     assert analysis.accuracy(model, variables, test) == pytest.approx(result['eval_top1'],
                                                                       abs=1.5 / 360)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,size,first,last,count', [
+    ('se_bn_inception', 32, 'inception_3a', 'inception_5b', 10),
+    ('se_vgg16_bn', 32, 'se1_1', 'se5_3', 13),
+    ('se_inception_resnet_v2', 75, 'block35_0', 'block8', 40),
+])
+def test_gate_statistics_of_every_family_in_depth_order(name, size, first, last, count):
+    # Call order, not name order: Inception-ResNet's block35 units come before block17
+    # and block8, which a sort of the names would reverse.
+    model = create_model(name, num_classes=3)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    blocks = analysis.se_blocks(variables, model)
+    assert (len(blocks), blocks[0], blocks[-1]) == (count, first, last)
+    images = np.random.default_rng(0).integers(0, 256, (6, size, size, 3)).astype(np.uint8)
+    stats = analysis.collect_gate_stats(model, variables, (images, np.arange(6) % 3),
+                                        num_classes=3, batch_size=6)
+    assert stats.blocks == blocks
+    assert all(np.isfinite(stats.mean[b]).all() and 0 < stats.mean[b].min() for b in blocks)
+    assert set(analysis.class_specificity(stats)) == set(blocks)
