@@ -24,20 +24,26 @@ from senet_jax.models import create_model, list_models, model_spec
 from senet_jax.models.macs import count_macs
 
 
-def complexity(name: str, image_size: int = 224, xla: bool = False, **overrides):
-    """(parameters, GMACs, XLA's GMACs or None) of one model for a single image."""
+def _shapes(name: str, image_size: int, overrides):
     model = create_model(name, **{'kernels': 'plain', **overrides})
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
+    return model, x, jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
+
+
+def complexity(name: str, image_size: int = 224, **overrides):
+    """(parameters, GMACs) of one model for a single image (GMACs: `macs.count_macs`)."""
+    model, _, variables = _shapes(name, image_size, overrides)
     params = sum(v.size for v in jax.tree.leaves(variables['params']))
-    gmacs = count_macs(model, image_size, variables) / 1e9
-    xla_gmacs = None
-    if xla:
-        compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        xla_gmacs = cost['flops'] / 2e9
-    return params, gmacs, xla_gmacs
+    return params, count_macs(model, image_size, variables) / 1e9
+
+
+def xla_gmacs(name: str, image_size: int = 224, **overrides) -> float:
+    """XLA's cost analysis of the compiled forward pass: flops / 2, in G."""
+    model, x, variables = _shapes(name, image_size, overrides)
+    compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return cost['flops'] / 2e9
 
 
 def _paper_columns(name: str) -> str:
@@ -70,8 +76,8 @@ def main(argv=None):
     for n in names:
         spec = model_spec(n)
         size = args.image_size or spec.input_size
-        params, gmacs, xla_gmacs = complexity(n, size, xla=args.xla)
-        xla = f' {xla_gmacs:6.2f}' if args.xla else ''
+        params, gmacs = complexity(n, size)
+        xla = f' {xla_gmacs(n, size):6.2f}' if args.xla else ''
         reference = f'{spec.source}:{spec.reference}' if spec.reference else '-'
         print(f'{n:28s} {size:5d} {params / 1e6:10.2f} {gmacs:7.3f}{xla} {_paper_columns(n)}  '
               f'{reference}', flush=True)
