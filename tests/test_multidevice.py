@@ -46,8 +46,11 @@ def eight_devices(tmp_path_factory):
     return workdir
 
 
-def _assert_same_run(workdir, baseline, rtol_first=1e-4, rtol=5e-3):
-    # Later steps: SGD amplifies the first steps' reassociation (measured 2.1e-3 at step 30).
+def _assert_same_run(workdir, baseline, rtol_first=1e-4, rtol=5e-3, params_atol=1e-2):
+    # The first steps differ by reassociation only (1e-4): that is the check. 30 SGD
+    # steps on batches of 64 amplify it, by an amount that depends on how XLA:CPU
+    # splits the work (measured: final params 1.5e-3 apart under pytest -n 2, 3.0e-3
+    # alone; losses 2.1e-3 apart at step 30), so the later checks only bound it.
     got, want = _train_losses(workdir), _train_losses(baseline)
     assert sorted(got) == sorted(want) == list(range(1, 31))
     for step in range(1, 11):  # the first steps: reassociation only
@@ -58,7 +61,7 @@ def _assert_same_run(workdir, baseline, rtol_first=1e-4, rtol=5e-3):
     assert a['eval_loss'] == pytest.approx(b['eval_loss'], rel=rtol)
     assert abs(a['eval_top1'] - b['eval_top1']) <= 2 / 360
     tu.assert_trees_close(tu.load_params(workdir)['params'],
-                          tu.load_params(baseline)['params'], atol=1e-3)
+                          tu.load_params(baseline)['params'], atol=params_atol)
 
 
 def test_eight_devices_match_one_device(one_device, eight_devices):
