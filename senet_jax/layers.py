@@ -281,3 +281,15 @@ def conv_and_norm(train: bool, dtype=None, param_dtype=jnp.float32, kernels=None
                              epsilon=epsilon, unbiased_var=True, dtype=dtype,
                              param_dtype=param_dtype, normalize=normalize)
     return conv_, norm
+
+
+def classify(x, num_classes: int, drop_rate: float, train: bool, dtype=None,
+             param_dtype=jnp.float32):
+    """The zoo's head, called inside a model's compact `__call__`: global average
+    pooling, dropout, and the classifier `fc` (a Dense with bias, a child of the
+    caller); logits in float32 (float64 for a float64 model)."""
+    out_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    x = jnp.mean(x, axis=(1, 2), dtype=out_dtype)
+    x = nn.Dropout(drop_rate, deterministic=not train)(x)
+    x = nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name='fc')(x)
+    return x.astype(out_dtype)

@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, conv_and_norm, max_pool_ceil
+from senet_jax.layers import SqueezeExcite, classify, conv_and_norm, max_pool_ceil
 from senet_jax.models.spec import CAFFE_BGR, PaperFigures, spec
 from senet_jax.options import validate_fields, validate_subset
 
@@ -194,11 +194,7 @@ class BNInception(nn.Module):
             return {k: features[k] for k in ('conv1', 'conv2', 'inception_3b', 'inception_4d',
                                              'inception_5b')}
 
-        out_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        x = jnp.mean(x, axis=(1, 2), dtype=out_dtype)   # the 7x7 average pool at 224
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
-        return x.astype(out_dtype)
+        return classify(x, self.num_classes, self.drop_rate, train, self.dtype, self.param_dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, conv_and_norm, max_pool_ceil
+from senet_jax.layers import SqueezeExcite, classify, conv_and_norm, max_pool_ceil
 from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
@@ -222,12 +222,7 @@ class ResNet(nn.Module):
         if return_features:
             return features
 
-        out_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        x = jnp.mean(x, axis=(1, 2), dtype=out_dtype)  # global average pooling
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='fc')(x)
-        return x.astype(out_dtype)
+        return classify(x, self.num_classes, self.drop_rate, train, self.dtype, self.param_dtype)
 
 
 # ---------------------------------------------------------------------------
