@@ -45,20 +45,33 @@ class ConversionError(ValueError):
 
 # --- Flax path -> PyTorch key -------------------------------------------------
 
+# timm's deep stems: conv1 is a Sequential (conv, bn, relu, conv, bn, relu, conv), bn1 follows it.
+_TIMM_DEEP_STEM = {'conv1': 'conv1.0', 'bn1': 'conv1.1', 'conv2': 'conv1.3', 'bn2': 'conv1.4',
+                   'conv3': 'conv1.6', 'bn3': 'bn1'}
+
+
 def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
-    """The reference's module name for a Flax module path of `models/resnet.py`."""
+    """The reference's module name for a Flax module path of `models/resnet.py`.
+
+    Layouts: 'timm' and 'legacy' (Cadene's `layer0.*`, `se_module`, `last_linear`);
+    'timm_deep', timm's deep stem; 'timm_d', the deep stem and average-pooled
+    shortcuts (`downsample.0` is the pool, which has no weights).
+    """
     legacy = layout == 'legacy'
     head, rest = path[0], list(path[1:])
     if head.startswith('stem_'):
         name = head[len('stem_'):]
+        if layout in ('timm_deep', 'timm_d'):
+            return _TIMM_DEEP_STEM[name]
         return f'layer0.{name}' if legacy else name
     if head == 'fc':
         return 'last_linear' if legacy else 'fc'
     stage, block = head[len('stage'):].split('_block')
     parts = [f'layer{int(stage) - 1}', block]
+    down = ('downsample.1', 'downsample.2') if layout == 'timm_d' else ('downsample.0', 'downsample.1')
     for p in rest:
-        parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': 'downsample.0',
-                      'downsample_bn': 'downsample.1'}.get(p, p))
+        parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': down[0],
+                      'downsample_bn': down[1]}.get(p, p))
     return '.'.join(parts)
 
 
@@ -66,6 +79,8 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
 # Every zoo model calls its classifier 'fc' (load_pretrained replaces it by that name).
 TORCH_MODULE = {
     'timm': _resnet_module,
+    'timm_deep': _resnet_module,
+    'timm_d': _resnet_module,
     'legacy': _resnet_module,
     'timm_vgg': _vgg_module,
     'pytorchcv_mobilenet': _mobilenet_module,

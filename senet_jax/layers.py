@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from senet_jax.options import GATES, SQUEEZES, validate_fields  # noqa: F401 (the block's vocabulary)
 
@@ -184,6 +185,27 @@ def max_pool_ceil(x, window: int = 3, stride: int = 2, pool: Callable = max_pool
             out -= 1
         pads.append((0, max(0, (out - 1) * stride + window - size)))
     return pool(x, window, stride, tuple(pads))
+
+
+def avg_pool_2x2(x, ceil_mode: bool = False):
+    """2x2 average pooling with stride 2 over NHWC, as a reshape and a mean.
+
+    ceil_mode=False is PyTorch's `AvgPool2d(2)` (an odd last row or column is
+    dropped); ceil_mode=True is `AvgPool2d(2, ceil_mode=True, count_include_pad=False)`
+    (timm's ResNet-D shortcut): an odd last row or column is a window of its own,
+    averaged over the values it holds. Non-overlapping windows need no pooling
+    primitive, so the gradient is elementwise work too.
+    """
+    n, h, w, c = x.shape
+    if not ceil_mode:
+        x = x[:, :h - h % 2, :w - w % 2]
+        return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    sums = x.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2, c).sum(axis=(2, 4))
+    rows = np.full((h + 1) // 2, 2.0)
+    cols = np.full((w + 1) // 2, 2.0)
+    rows[-1], cols[-1] = 2 - h % 2, 2 - w % 2
+    return sums / jnp.asarray(np.outer(rows, cols)[:, :, None], sums.dtype)
 
 
 def batch_stats(x):

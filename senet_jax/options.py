@@ -16,8 +16,8 @@ SQUEEZES = ('avg', 'max', 'none')
 GATES = ('sigmoid', 'tanh', 'relu')
 SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
 STAGES = (2, 3, 4, 5)      # conv2_x .. conv5_x
-STEMS = ('7x7', 'deep', 'small')
-STEM_POOLS = ('pad', 'ceil', None)
+STEMS = ('7x7', 'deep', 'deep_tiered', 'small')
+STEM_POOLS = ('pad', 'ceil', 'avg', None)
 KERNELS = ('auto', 'plain', 'cpu')   # how layers compute (cpu_kernels.choose), not what
 
 

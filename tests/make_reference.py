@@ -4,6 +4,8 @@ Needs, beside requirements.txt, torch, timm, pytorchcv and Cadene's pretrainedmo
 (none of them a requirement of the package), in one venv:
     pip install -r requirements.txt torch==2.14.1 torchvision==0.29.1 timm pytorchcv pretrainedmodels six
     python tests/make_reference.py [NAME ...]
+timm imports torchvision, but only for what no fixture uses: where torchvision is
+missing or does not load beside the installed torch, a stand-in takes its place.
 
 For each zoo model with a reference (`ModelSpec.source`: timm's create_model,
 pytorchcv's get_model, or Cadene's bninception.py loaded as a file), builds the
@@ -11,7 +13,9 @@ network without downloading weights, fills it with the seeded weights of
 `reference_weights.random_state_dict`, and stores the reference's state_dict
 keys/shapes, its parameter count and its float64 eval logits at the model's
 input size and at one odd size (`ModelSpec.odd_size`). The tests rebuild the
-same weights with numpy alone.
+same weights with numpy alone. The models of `reference_weights.REDUCED` are
+built with those arguments (one block per stage) for the keys and logits; their
+record keeps the full network's parameter count too.
 
 For a few models (TRAIN_NAMES) it also stores one training-mode forward and
 backward pass in fixtures/reference_train/: the loss and logits, and for every
@@ -23,6 +27,8 @@ import json
 import os
 import sys
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 
 import numpy as np
@@ -30,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import (TRAIN_NAMES, norm_and_projection,  # noqa: E402
+from reference_weights import (REDUCED, TRAIN_NAMES, norm_and_projection,  # noqa: E402
                                random_input, random_state_dict, train_batch)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
@@ -39,10 +45,47 @@ OUT_TRAIN = OUT + '_train'
 MOMENTUM = 0.1   # PyTorch's BatchNorm default, which timm keeps
 
 
+def _import_timm():
+    """timm, with a stand-in for torchvision where the installed one does not load
+    beside this torch (PyPI's torchvision wheels are built for one torch each):
+    timm needs it only for data transforms and FX feature extraction."""
+    import types
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # an ImportError, or a RuntimeError from its C++ operators
+        class Anything(type):
+            def __getattr__(cls, name):
+                if name.startswith('__'):
+                    raise AttributeError(name)
+                return Anything(name, (), {})
+
+        class Module(types.ModuleType):
+            __getattr__ = Anything.__getattr__
+
+        class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] == 'torchvision':
+                    return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+            def create_module(self, spec):
+                module = Module(spec.name)
+                module.__path__ = []
+                return module
+
+            def exec_module(self, module):
+                pass
+
+        for name in [n for n in sys.modules if n.split('.')[0] == 'torchvision']:
+            del sys.modules[name]
+        sys.meta_path.insert(0, Finder())
+    import timm
+    return timm
+
+
 def build_reference(spec, **kwargs):
     """The reference PyTorch network of a ModelSpec, with its initial (random) weights."""
     if spec.source == 'timm':
-        import timm
+        timm = _import_timm()
         return timm.create_model(spec.reference, pretrained=False, **kwargs)
     if spec.source == 'pytorchcv':
         from pytorchcv.model_provider import get_model
@@ -66,10 +109,15 @@ def _library_version(spec):
     return f'{package} {importlib.metadata.version(package)}'
 
 
+def _num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
 def make(name):
     spec = model_spec(name)
     ref = spec.reference
-    model = build_reference(spec).eval()
+    overrides = REDUCED.get(name, {})
+    model = build_reference(spec, **overrides).eval()
     sd = model.state_dict()
     keys = [(k, list(v.shape)) for k, v in sd.items()]
     weights = random_state_dict(keys)
@@ -77,8 +125,10 @@ def make(name):
                            for k, v in sd.items()})
     model = model.double()
     record = {'reference': ref, 'source': _library_version(spec), 'torch_version': torch.__version__,
-              'num_params': sum(p.numel() for p in model.parameters()),
+              'num_params': _num_params(build_reference(spec) if overrides else model),
               'keys': keys, 'logits': {}}
+    if overrides:   # keys and logits are the reduced network's
+        record.update(overrides=overrides, num_params_tested=_num_params(model))
     with torch.no_grad():
         for h, w in ((spec.input_size, spec.input_size), spec.odd_size):
             x = torch.from_numpy(random_input(h, w)).double()
@@ -86,7 +136,8 @@ def make(name):
     with open(os.path.join(OUT, f'{name}.json'), 'w') as f:
         json.dump(record, f, separators=(',', ':'))
     lg = np.array(record['logits'][f'{spec.input_size}x{spec.input_size}'])
-    print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}')
+    print(f'{name:28s} <- {ref:26s} params {record["num_params"]:>11,}  |logits| max {abs(lg).max():.3g}'
+          + (f'  (tested {overrides})' if overrides else ''))
 
 
 def _record(value, probe):
@@ -142,7 +193,8 @@ if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(OUT_TRAIN, exist_ok=True)
-    make_pth()
+    if not sys.argv[1:]:
+        make_pth()
     for name in sys.argv[1:] or [n for n in list_models() if model_spec(n).reference]:
         make(name)
         if name in TRAIN_NAMES:

@@ -9,6 +9,14 @@ import numpy as np
 # SENet-154's deep stem and 3x3 downsampling.
 TRAIN_NAMES = ('se_resnet50', 'legacy_se_resnet18', 'legacy_se_resnet50', 'se_resnext50_32x4d', 'senet154')
 TRAIN_BATCH = (2, 71, 57)   # images, height, width
+# Checked at one block per stage: every piece of their layout (deep stems, pooled or 3x3
+# projection shortcuts, anti-aliasing, widths) is in a stage's first block, and the deep
+# nets cost minutes to compile at full depth. Their full parameter count is checked apart.
+REDUCED = {name: {'layers': [1, 1, 1, 1]} for name in (
+    'resnet50d', 'resnet152d', 'se_resnet152d', 'se_resnext26d_32x4d', 'se_resnext26t_32x4d',
+    'resnext101_32x8d', 'se_resnext101_32x8d', 'resnext101_64x4d', 'se_resnext101_64x4d',
+    'se_resnext101d_32x8d', 'se_resnextaa101d_32x8d', 'se_resnextaa201d_32x8d', 'gluon_senet154',
+    'legacy_se_resnext26_32x4d')}
 
 
 def train_batch():
@@ -49,6 +57,7 @@ def _last_bn(keys):
 def random_state_dict(keys_and_shapes, seed=0):
     """{key: float32 array} for [(key, shape), ...], each value a function of (seed, key)."""
     keys = [k for k, _ in keys_and_shapes]
+    key_set = set(keys)
     small = _last_bn(keys)
     # BNs that are named by index, not 'bn' (timm's VGG `features.1`): they keep running stats.
     has_stats = {k[:-len('.running_var')] for k in keys if k.endswith('.running_var')}
@@ -59,8 +68,9 @@ def random_state_dict(keys_and_shapes, seed=0):
         rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
         module, leaf = key.rsplit('.', 1)
         shape = tuple(shape)
-        is_bn = ('bn' in module.split('.')[-1] or module.endswith('downsample.1')
-                 or module in has_stats)
+        # downsample.1 is the shortcut's BN, but its conv after timm's ResNet-D pool (downsample.0).
+        is_bn = ('bn' in module.split('.')[-1] or module in has_stats
+                 or (module.endswith('downsample.1') and module[:-1] + '2.weight' not in key_set))
         if leaf == 'weight' and is_bn:
             lo, hi = (0.05, 0.25) if module in small else (0.5, 1.5)
             v = rng.uniform(lo, hi, shape)

@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from reference_weights import (TRAIN_NAMES, norm_and_projection, random_input,
+from reference_weights import (REDUCED, TRAIN_NAMES, norm_and_projection, random_input,
                                random_state_dict, train_batch)
 from senet_jax.convert import torch_key, torch_to_flax
 from senet_jax.models import create_model, list_models, model_spec
@@ -32,14 +32,21 @@ def test_every_reference_model_has_a_fixture():
     assert sorted(f[:-5] for f in os.listdir(FIXTURES)) == sorted(NAMES)
 
 
+def _count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_matches_reference(name):
+    """Parameter count and eval logits; the REDUCED models at one block per stage."""
     ref = _fixture(name)
     assert ref['reference'] == model_spec(name).reference
-    variables = torch_to_flax(name, random_state_dict(ref['keys']))
-    model = create_model(name)
-    assert sum(x.size for x in jax.tree.leaves(variables['params'])) == ref['num_params']
+    assert ref.get('overrides', {}) == REDUCED.get(name, {})
+    overrides = {k: tuple(v) for k, v in ref.get('overrides', {}).items()}
+    variables = torch_to_flax(name, random_state_dict(ref['keys']), **overrides)
+    model = create_model(name, **overrides)
+    assert _count(variables['params']) == ref['num_params_tested' if overrides else 'num_params']
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     for size, want in ref['logits'].items():   # the native size and an odd one
         h, w = map(int, size.split('x'))
@@ -48,6 +55,16 @@ def test_matches_reference(name):
         want = np.asarray(want)
         rel = np.abs(got - want).max() / np.abs(want).max()
         assert rel < 1e-4, f'{name} at {h}x{w}: max relative difference {rel:.2e}'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(REDUCED))
+def test_full_depth_parameter_count(name):
+    """The REDUCED models at full depth: the reference's parameter count, from shapes alone."""
+    model = create_model(name)
+    size = model.min_input_size()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    assert _count(shapes['params']) == _fixture(name)['num_params']
 
 
 @pytest.mark.slow

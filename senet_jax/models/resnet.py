@@ -12,6 +12,11 @@ it sits in the residual unit. Both reference layouts are options too:
   ReLU before the SE in basic blocks. SENet-154 adds a three-conv stem, 3x3
   downsampling projections and a half-width first 1x1 conv.
 
+The ResNet-D options of timm's `resnet.py` (He et al., "Bag of Tricks", 2019)
+are options here too: the three-conv stems (`stem='deep'`, `'deep_tiered'`),
+the average-pooled projection shortcut (`avg_down`), and timm's average-pool
+anti-aliasing (`aa`, with `stem_pool='avg'`).
+
 Every convolution uses explicit symmetric padding (k // 2), as PyTorch does,
 never 'SAME', so odd input sizes give exactly the reference's feature maps.
 """
@@ -22,7 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm, max_pool_ceil
+from senet_jax.layers import SqueezeExcite, avg_pool_2x2, classify, conv_and_norm, max_pool_ceil
 from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
@@ -49,6 +54,8 @@ class ResidualBlock(nn.Module):
     stride_on_1x1: bool = False   # Caffe SE-ResNet: stride on the first 1x1 conv
     act_before_se: bool = False   # Caffe basic block: ReLU after the last BN, before SE
     downsample_kernel: int = 1    # kernel of the strided projection shortcut (3 in SENet-154)
+    avg_down: bool = False        # ResNet-D shortcut: 2x2/2 average pool (ceil mode), then a 1x1/1 conv
+    aa: bool = False              # the strided conv runs at stride 1, a 2x2/2 average pool follows its ReLU
     se: Optional[Any] = None      # a SqueezeExcite partial, or None for no SE
     se_position: str = 'standard'
     zero_init_last: bool = True   # last BN scale starts at 0 (Goyal et al.), as timm
@@ -78,18 +85,30 @@ class ResidualBlock(nn.Module):
         last_bn = 'bn3' if self.bottleneck else 'bn2'   # the branch's last BN
         last_norm = lambda y: norm(scale_init=last_scale, name=last_bn)(y, return_affine=fused)
 
+        aa = self.aa and self.stride != 1
+        if aa and (x.shape[1] % 2 or x.shape[2] % 2):
+            raise ValueError(f'Anti-aliased downsampling (aa) needs even feature maps where it '
+                             f'downsamples, got {x.shape[1]}x{x.shape[2]} (as in timm, whose '
+                             'shortcut would not fit either): use an input side that is a multiple of 32.')
+        stride = 1 if aa else self.stride
+        # timm's aa_layer=nn.AvgPool2d: a 2x2/2 average pool (floor mode) after the strided conv's ReLU.
+        strided = (lambda v: avg_pool_2x2(v)) if aa else (lambda v: v)
+
         y = se('pre')(x)
         if self.bottleneck:
-            s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
+            s1, s3 = (stride, 1) if self.stride_on_1x1 else (1, stride)
             y = conv(self.width // self.reduce_first, 1, s1, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
+            y = strided(y) if self.stride_on_1x1 else y
             y = conv(self.width, 3, s3, self.groups, name='conv2')(y)
             y = nn.relu(norm(name='bn2')(y))
+            y = y if self.stride_on_1x1 else strided(y)
             y = se('3x3')(y)
             y = conv(self.features, 1, name='conv3')(y)
         else:
-            y = conv(self.width, 3, self.stride, name='conv1')(y)
+            y = conv(self.width, 3, stride, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
+            y = strided(y)
             y = se('3x3')(y)
             y = conv(self.features, 3, 1, self.groups, name='conv2')(y)
         if fused:
@@ -103,8 +122,12 @@ class ResidualBlock(nn.Module):
 
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            k = self.downsample_kernel if self.stride != 1 else 1
-            shortcut = conv(self.features, k, self.stride, name='downsample_conv')(x)
+            if self.avg_down:
+                pooled = avg_pool_2x2(x, ceil_mode=True) if self.stride != 1 else x
+                shortcut = conv(self.features, 1, 1, name='downsample_conv')(pooled)
+            else:
+                k = self.downsample_kernel if self.stride != 1 else 1
+                shortcut = conv(self.features, k, self.stride, name='downsample_conv')(x)
             shortcut = norm(name='downsample_bn')(shortcut)
         shortcut = se('identity')(shortcut)
         if fused:
@@ -144,12 +167,17 @@ class ResNet(nn.Module):
     cardinality: int = 1                          # groups of the 3x3 conv (ResNeXt C)
     base_width: int = 64                          # ResNeXt d: 3x3 width = planes * d / 64 * C
     reduce_first: int = 1
-    stem: str = '7x7'                             # '7x7' | 'deep' (three 3x3) | 'small' (one 3x3/1)
+    # '7x7' | 'deep' (three 3x3: stem_width/2, stem_width/2, stem_width) | 'deep_tiered'
+    # (3/8, 1/2, 1 of stem_width) | 'small' (one 3x3/1). stem_width is the stem's output,
+    # twice timm's `stem_width` for its deep stems.
+    stem: str = '7x7'
     stem_width: int = 64
-    stem_pool: Optional[str] = 'pad'              # 'pad' (3x3/2, pad 1) | 'ceil' (Caffe) | None
+    stem_pool: Optional[str] = 'pad'              # 'pad' (3x3/2 max, pad 1) | 'ceil' (Caffe) | 'avg' (2x2/2) | None
     stride_on_1x1: bool = False
     act_before_se: bool = False
     downsample_kernel: int = 1
+    avg_down: bool = False                        # ResNet-D projection shortcut (see ResidualBlock)
+    aa: bool = False                              # anti-aliased downsampling, timm's aa_layer=nn.AvgPool2d
     # Squeeze-and-Excitation, in the paper's words.
     se_stages: Sequence[int] = STAGES
     reduction: float = 16
@@ -173,7 +201,7 @@ class ResNet(nn.Module):
 
     def min_input_size(self) -> int:
         """The smallest input side for which every stage still has a feature map of at least 1x1."""
-        stem_stride = {'7x7': 2, 'deep': 2, 'small': 1}[self.stem] * (1 if self.stem_pool is None else 2)
+        stem_stride = (1 if self.stem == 'small' else 2) * (1 if self.stem_pool is None else 2)
         return stem_stride * 8
 
     @nn.compact
@@ -186,8 +214,10 @@ class ResNet(nn.Module):
         if self.stem == '7x7':
             x = conv(self.stem_width, 7, 2, name='stem_conv1')(x)
             x = nn.relu(norm(name='stem_bn1')(x))
-        elif self.stem == 'deep':
-            for i, (w, s) in enumerate([(64, 2), (64, 1), (self.stem_width, 1)], start=1):
+        elif self.stem in ('deep', 'deep_tiered'):
+            inner = self.stem_width // 2
+            first = 3 * (inner // 4) if self.stem == 'deep_tiered' else inner
+            for i, (w, s) in enumerate([(first, 2), (inner, 1), (self.stem_width, 1)], start=1):
                 x = conv(w, 3, s, name=f'stem_conv{i}')(x)
                 x = nn.relu(norm(name=f'stem_bn{i}')(x))
         else:   # 'small'
@@ -198,6 +228,8 @@ class ResNet(nn.Module):
             x = kernels.max_pool(x, 3, 2, ((1, 1), (1, 1)))
         elif self.stem_pool == 'ceil':
             x = max_pool_ceil(x, 3, 2, pool=kernels.max_pool)
+        elif self.stem_pool == 'avg':
+            x = avg_pool_2x2(x)
 
         expansion = 4 if self.bottleneck else 1
         for i, (stage, depth, planes) in enumerate(zip(STAGES, self.layers, self.widths)):
@@ -214,7 +246,8 @@ class ResNet(nn.Module):
                     stride=2 if (b == 0 and i > 0) else 1, groups=self.cardinality,
                     reduce_first=self.reduce_first, stride_on_1x1=self.stride_on_1x1,
                     act_before_se=self.act_before_se, downsample_kernel=self.downsample_kernel,
-                    se=se, se_position=self.se_position, zero_init_last=self.zero_init_last,
+                    avg_down=self.avg_down, aa=self.aa, se=se, se_position=self.se_position,
+                    zero_init_last=self.zero_init_last,
                     fuse_se=self.fuse_se, kernels=self.kernels, dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f'stage{stage}_block{b}')(x, train)
@@ -228,8 +261,8 @@ class ResNet(nn.Module):
 # ---------------------------------------------------------------------------
 # The zoo entries of this family: reference names are timm 1.0's.
 
-_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
-           152: (3, 8, 36, 3)}
+_DEPTHS = {18: (2, 2, 2, 2), 26: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
+           101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 201: (3, 24, 36, 4)}
 _BOTTLENECK = {18: False, 34: False, 50: True, 101: True, 152: True}
 # The Caffe layout: ceil-mode stem pool, SE width floor(C/r).
 _LEGACY = dict(stem_pool='ceil', se_divisor=1)
@@ -271,13 +304,46 @@ for _d in (50, 101):
     _register(_p, _p, 'timm', se_stages=(), paper=_paper(_p, False), **_base)
     _register(f'se_resnext{_d}_32x4d', f'seresnext{_d}_32x4d', 'timm', se_divisor=8,
               paper=_paper(_p, True), **_base)
+for _d in (26, 50, 101):
     _register(f'legacy_se_resnext{_d}_32x4d', f'legacy_seresnext{_d}_32x4d', 'legacy',
-              paper=_paper(_p, True), **_LEGACY, **_base)
+              paper=_paper(f'resnext{_d}_32x4d', True), **_LEGACY, layers=_DEPTHS[_d],
+              cardinality=32, base_width=4)
+# The wider ResNeXt-101s (cardinality x width of a group).
+for _c, _w in ((32, 8), (64, 4)):
+    _base = dict(layers=_DEPTHS[101], cardinality=_c, base_width=_w)
+    _p = f'resnext101_{_c}x{_w}d'
+    _register(_p, _p, 'timm', se_stages=(), **_base)
+    _register(f'se_{_p}', f'se{_p}', 'timm', se_divisor=8, **_base)
+# ResNet-D (timm's 'd' and 't' suffixes): a deep stem of three 3x3 convs (timm stem_width 32,
+# so 64 out; 't': tiered 24, 32, 64) and average-pooled projection shortcuts. 'aa' adds
+# timm's average-pool anti-aliasing: a 2x2 average pool for the stem pool and after each
+# strided 3x3 conv. input_size is that of timm's default weight.
+_D = dict(stem='deep', stem_width=64, avg_down=True)
+_SE = dict(se_divisor=8)
+_register('resnet50d', 'resnet50d', 'timm_d', se_stages=(), layers=_DEPTHS[50], **_D)
+_register('resnet152d', 'resnet152d', 'timm_d', se_stages=(), layers=_DEPTHS[152], input_size=256, **_D)
+_register('se_resnet152d', 'seresnet152d', 'timm_d', layers=_DEPTHS[152], input_size=256, **_D, **_SE)
+_X = dict(cardinality=32, base_width=4)
+_register('se_resnext26d_32x4d', 'seresnext26d_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_D, **_SE)
+_register('se_resnext26t_32x4d', 'seresnext26t_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_SE,
+          **{**_D, 'stem': 'deep_tiered'})
+_X = dict(cardinality=32, base_width=8)
+_AA = dict(aa=True, stem_pool='avg', odd_size=(161, 193))   # aa needs even maps where it downsamples
+_register('se_resnext101d_32x8d', 'seresnext101d_32x8d', 'timm_d', layers=_DEPTHS[101], **_X, **_D, **_SE)
+_register('se_resnextaa101d_32x8d', 'seresnextaa101d_32x8d', 'timm_d', layers=_DEPTHS[101],
+          input_size=288, **_X, **_D, **_SE, **_AA)
+_register('se_resnextaa201d_32x8d', 'seresnextaa201d_32x8d', 'timm_d', layers=_DEPTHS[201],
+          input_size=384, **_X, **_SE, **_AA, **{**_D, 'stem_width': 128})
 # SENet-154 (Sec. 5 / Appendix of the paper): 64x4d SE-ResNeXt-152 with a three-conv stem,
 # a half-width first 1x1 conv, 3x3 projection shortcuts, and dropout 0.2 before the classifier.
 _register('senet154', 'legacy_senet154', 'legacy', **_LEGACY, layers=_DEPTHS[152],
           cardinality=64, base_width=4, reduce_first=2, stem='deep', stem_width=128,
           downsample_kernel=3, drop_rate=0.2)
+# timm's `senet154` (the GluonCV port, weight senet154.gluon_in1k; timm <= 0.6 called it
+# gluon_senet154): SENet-154 in the torchvision layout (stride on the 3x3, padded stem pool,
+# SE width rounded to 8), no dropout. The name `senet154` stays the paper's Caffe network.
+_register('gluon_senet154', 'senet154', 'timm_deep', **_SE, layers=_DEPTHS[152], cardinality=64,
+          base_width=4, reduce_first=2, stem='deep', stem_width=128, downsample_kernel=3)
 # A small SE-ResNet for tiny images (the digits quickstart, tests): one basic block a
 # stage, a 3x3 stride-1 stem, no stem pool, total stride 8.
 _MINI = dict(layers=(1, 1, 1, 1), bottleneck=False, widths=(16, 32, 64, 128), stem='small',
