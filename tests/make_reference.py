@@ -147,7 +147,7 @@ def _record(value, probe):
 def make_train(name):
     spec = model_spec(name)
     ref = spec.reference
-    model = build_reference(spec, drop_rate=0.0)
+    model = build_reference(spec, drop_rate=0.0, **REDUCED.get(name, {}))
     sd = model.state_dict()
     keys = [(k, list(v.shape)) for k, v in sd.items()]
     weights = random_state_dict(keys)

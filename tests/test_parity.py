@@ -83,10 +83,11 @@ def test_training_step_matches_reference(name):
     images, labels = train_batch()
     with jax.enable_x64(True):
         as64 = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), tree)
-        variables = as64(torch_to_flax(name, random_state_dict(ref['keys'])))
-        probe = torch_to_flax(name, random_state_dict(ref['keys'], seed=1))
+        depth = {k: tuple(v) for k, v in REDUCED.get(name, {}).items()}
+        variables = as64(torch_to_flax(name, random_state_dict(ref['keys']), **depth))
+        probe = torch_to_flax(name, random_state_dict(ref['keys'], seed=1), **depth)
         # Dropout off, as in the fixture (senet154 has 0.2).
-        model = create_model(name, dtype=jnp.float64, param_dtype=jnp.float64, drop_rate=0.0)
+        model = create_model(name, dtype=jnp.float64, param_dtype=jnp.float64, drop_rate=0.0, **depth)
         x = jnp.asarray(images.transpose(0, 2, 3, 1), jnp.float64)
 
         def loss_fn(params):
