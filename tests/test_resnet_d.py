@@ -87,3 +87,25 @@ def test_aa_at_an_odd_feature_map_is_one_sentence():
     model = create_model('se_resnextaa101d_32x8d', **TINY)
     with pytest.raises(ValueError, match=r'needs even feature maps .* got 5x5.*multiple of 32'):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 40, 40, 3))))
+
+
+# Issue 21's list: every SE network of a ResNet variant with timm 1.0.31 weights.
+TIMM_SE_NETWORKS = {
+    'legacy_seresnet18': 'legacy_se_resnet18', 'legacy_seresnet34': 'legacy_se_resnet34',
+    'legacy_seresnet50': 'legacy_se_resnet50', 'legacy_seresnet101': 'legacy_se_resnet101',
+    'legacy_seresnet152': 'legacy_se_resnet152', 'legacy_seresnext26_32x4d': 'legacy_se_resnext26_32x4d',
+    'legacy_seresnext50_32x4d': 'legacy_se_resnext50_32x4d',
+    'legacy_seresnext101_32x4d': 'legacy_se_resnext101_32x4d', 'legacy_senet154': 'senet154',
+    'senet154': 'gluon_senet154', 'seresnet50': 'se_resnet50', 'seresnet152d': 'se_resnet152d',
+    'seresnext26d_32x4d': 'se_resnext26d_32x4d', 'seresnext26t_32x4d': 'se_resnext26t_32x4d',
+    'seresnext50_32x4d': 'se_resnext50_32x4d', 'seresnext101_32x4d': 'se_resnext101_32x4d',
+    'seresnext101_32x8d': 'se_resnext101_32x8d', 'seresnext101_64x4d': 'se_resnext101_64x4d',
+    'seresnext101d_32x8d': 'se_resnext101d_32x8d', 'seresnextaa101d_32x8d': 'se_resnextaa101d_32x8d',
+    'seresnextaa201d_32x8d': 'se_resnextaa201d_32x8d',
+}
+
+
+def test_every_timm_se_resnet_with_weights_is_in_the_zoo():
+    for reference, name in TIMM_SE_NETWORKS.items():
+        spec = model_spec(name)
+        assert (spec.source, spec.reference) == ('timm', reference), name
