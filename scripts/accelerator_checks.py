@@ -5,7 +5,12 @@
     python scripts/accelerator_checks.py --smoke   # every check at toy sizes, on any backend
 
 Each check runs in a process of its own (so each starts with the whole device),
-in this order, and is stopped when the time budget runs out:
+in this order (the most wanted figure, se_resnet50 training images/s, first; nothing
+but the backend probe before it), and is stopped when the time budget runs out;
+what the budget left out is named at the end. Each per-device batch is the
+check's own (256 or 128) where the device's memory holds it (`memory_stats()`'s
+bytes_limit against an estimate of the step's memory per image), smaller where not:
+a 16 GiB TPU v5e chip then trains se_resnet50 at 96 per chip.
 
 - train: `train.py` end to end on fake ImageNet-shaped data (224x224, 1000
   classes) on all local devices with the default precision, for se_resnet50
@@ -29,6 +34,7 @@ checks' processes, so a program compiled by one is not compiled again.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -38,32 +44,49 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DEVICES = ('H100', 'H200')   # the devices the targets are set for
 GROUPS = ('train', 'timm', 'kernels')
 SMOKE_MODEL = 'se_resnet_mini'      # stands in for the big models with --smoke
 
-# Backend, devices and whether create_model takes `kernels`, asked in a process
-# of its own that takes no GPU memory and lets go of a TPU when it ends.
+# Backend, devices, their memory (None where memory_stats() is, as on a CPU) and
+# whether create_model takes `kernels`, asked in a process of its own that takes
+# no GPU memory and lets go of a TPU when it ends.
 PROBE = r'''
 import json, jax
 from senet_jax.models import create_model
 devices = jax.local_devices()
+bytes_limit = (devices[0].memory_stats() or {}).get('bytes_limit')
 try:
     create_model('se_resnet_mini', kernels='plain')
     missing = ''
 except (TypeError, ValueError) as e:
     missing = (str(e).strip().split(';')[0].splitlines() or [type(e).__name__])[0]
 print(json.dumps({'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
-                  'num_devices': len(devices), 'kernels_missing': missing}))
+                  'num_devices': len(devices), 'kernels_missing': missing,
+                  'bytes_limit': bytes_limit}))
 '''
 TIMM_PROBE = 'import torch, timm; print(torch.cuda.is_available())'
+
+# Training memory per device, as an estimate: the parameters, optimizer state and
+# workspace, then so much per image. se_resnet50: XLA's memory analysis of
+# train.py's bfloat16 step compiled for the CPU, whose temporaries grow by 115 MiB
+# per image (1,110 MiB at batch 8, 649 MiB at 4); se_resnext101_32x4d: twice that,
+# as the activations its backward pass keeps are 2.0x se_resnet50's (traced at
+# batch 1). GPUs and TPUs fuse more than the CPU, so these overstate the need.
+FIXED_BYTES = 2 << 30
+PER_IMAGE_BYTES = {'se_resnet50': 115 << 20, 'se_resnext101_32x4d': 230 << 20}
+MEMORY_SHARE = 0.9   # of the device's bytes_limit
 
 
 class CheckFailed(Exception):
     """A check that ran and did not give its figures; the message says why, in one line."""
+
+
+class OutOfTime(CheckFailed):
+    """A check stopped, or not started, because the time budget was spent."""
 
 
 class Skipped(Exception):
@@ -77,10 +100,11 @@ class Context:
     device_kind: str
     num_devices: int
     kernels_missing: str   # '' when create_model takes kernels=
-    timm: str              # '' when the timm comparison can run, else why not
+    timm: Callable[[], str]   # '' when the timm comparison can run, else why not
     workroot: str
     env: dict
     deadline: float
+    bytes_limit: Optional[int] = None   # one device's memory_stats(); None where unknown
 
     def seconds_left(self):
         return self.deadline - time.monotonic()
@@ -91,7 +115,7 @@ class Check:
     group: str
     name: str
     model: str
-    batch: int      # per device
+    batch: int      # per device, where the device's memory holds it
     run: Callable[[Context, str, int], dict]   # (ctx, model, batch) -> result
     figures: list   # (result key, target or None, label)
 
@@ -100,7 +124,7 @@ def run_process(cmd, ctx):
     """stdout of `cmd` run from the repository root, or CheckFailed in one line."""
     seconds = ctx.seconds_left()
     if seconds <= 0:
-        raise CheckFailed('not run: the time budget was spent')
+        raise OutOfTime('not run: the time budget was spent')
     # A session of its own, so that a stop also ends torch.compile's workers.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ctx.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -109,7 +133,7 @@ def run_process(cmd, ctx):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise CheckFailed(f'stopped at the time limit ({seconds:.0f} s were left for it)') from None
+        raise OutOfTime(f'stopped at the time limit ({seconds:.0f} s were left for it)') from None
     if proc.returncode != 0:
         lines = (stderr or stdout).strip().splitlines()
         errors = [line for line in lines if line.startswith('error:')]
@@ -209,8 +233,8 @@ def kernels_infer_check(ctx, model, batch):
 def timm_check(mode):
     """On one device, through the benchmark's interleaved rounds."""
     def run(ctx, model, batch):
-        if ctx.timm:
-            raise Skipped(ctx.timm)
+        if ctx.timm():
+            raise Skipped(ctx.timm())
         cmd = [sys.executable, '-m', 'senet_jax.benchmark', '--json', '--model', model,
                '--mode', mode, '--dtype', 'bfloat16', '--compare', 'timm']
         if ctx.smoke:
@@ -254,6 +278,16 @@ CHECKS = make_checks()
 
 # ---------------------------------------------------------------------------
 # The run and its table.
+
+
+def per_device_batch(model, wanted, bytes_limit):
+    """`wanted`, or the largest multiple of 16 below it whose estimated training
+    memory fits in MEMORY_SHARE of the device's `bytes_limit` (at least 16); `wanted`
+    when the device does not say (memory_stats() is None, as on a CPU)."""
+    if not bytes_limit or model not in PER_IMAGE_BYTES:
+        return wanted
+    fits = int((MEMORY_SHARE * bytes_limit - FIXED_BYTES) // PER_IMAGE_BYTES[model])
+    return min(wanted, max(16, fits // 16 * 16))
 
 
 def probe(env):
@@ -309,30 +343,47 @@ def print_table(rows, ctx):
 
 
 def run_checks(ctx, groups, out_path):
-    """Runs the chosen checks, writing results to out_path; (table rows, failures, ran)."""
-    rows, failures, ran = [], 0, 0
+    """Runs the chosen checks, writing results to out_path; (table rows, failures, ran,
+    the checks the time budget stopped or left out)."""
+    rows, failures, ran, out_of_time = [], 0, 0, []
     with open(out_path, 'w') as out:
         for check in CHECKS:
             if check.group not in groups:
                 continue
+            batch = per_device_batch(check.model, check.batch, ctx.bytes_limit)
+            if batch != check.batch:
+                print(f'{check.name}: batch {batch} per device, not {check.batch}: the device '
+                      f'has {ctx.bytes_limit / 2**30:.1f} GiB')
             try:
-                result = check.run(ctx, check.model, check.batch)
+                result = check.run(ctx, check.model, batch)
             except Skipped as e:
                 print(f'{check.name}: skipped: {e}')
                 continue
             except CheckFailed as e:
                 failures += 1
                 print(f'{check.name}: {e}')
+                if isinstance(e, OutOfTime):
+                    out_of_time.append(check)
                 result = None
             else:
                 ran += 1
                 result = {'check': check.name, 'device': ctx.device_kind,
-                          'num_devices': ctx.num_devices, **result}
+                          'num_devices': ctx.num_devices, 'per_device_batch': batch,
+                          'bytes_limit': ctx.bytes_limit, **result}
                 out.write(json.dumps(result) + '\n')
                 out.flush()
             rows += [(check.name, key, label, None if result is None else result.get(key), target)
                      for key, target, label in check.figures]
-    return rows, failures, ran
+    return rows, failures, ran, out_of_time
+
+
+def out_of_time_line(checks, budget):
+    """What the time budget left out, and the command that runs it."""
+    if not checks:
+        return 'Nothing was left out for lack of time.'
+    groups = ','.join(dict.fromkeys(c.group for c in checks))
+    return (f'Left out for lack of time: {"; ".join(c.name for c in checks)}. Run them with '
+            f'python scripts/accelerator_checks.py --checks {groups} --budget {budget:g}')
 
 
 def parse_args(argv):
@@ -362,16 +413,20 @@ def main(argv=None):
               f'"jax[cuda12]=={pin}" or "jax[tpu]=={pin}"), or pass --smoke for the toy-sized run.',
               file=sys.stderr)
         return 1
-    timm = timm_unavailable(env, a.smoke) if 'timm' in groups else ''
+    # Asked when a timm check comes up (importing torch takes a while), not before
+    # the first figure.
+    timm = functools.lru_cache(maxsize=None)(lambda: timm_unavailable(env, a.smoke))
     with tempfile.TemporaryDirectory(prefix='accelerator_checks_') as workroot:
         env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(workroot, 'jax_cache'))
         ctx = Context(smoke=a.smoke, backend=info['backend'], device_kind=info['device_kind'],
                       num_devices=info['num_devices'], kernels_missing=info['kernels_missing'],
-                      timm=timm, workroot=workroot, env=env, deadline=deadline)
-        rows, failures, ran = run_checks(ctx, groups, a.out)
+                      timm=timm, workroot=workroot, env=env, deadline=deadline,
+                      bytes_limit=info.get('bytes_limit'))
+        rows, failures, ran, out_of_time = run_checks(ctx, groups, a.out)
     print_table(rows, ctx)
     chosen = sum(c.group in groups for c in CHECKS)
     print(f'\nresults in {a.out}; {ran} of {chosen} checks ran.')
+    print(out_of_time_line(out_of_time, a.budget))
     return 1 if failures else 0
 
 

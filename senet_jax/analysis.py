@@ -17,8 +17,9 @@ for a few hundred steps, or loaded from a `train.py` workdir):
   python -m senet_jax.analysis --steps 300 --png /tmp/gates.png
   python -m senet_jax.analysis --workdir /tmp/quickstart
 
-Images may be uint8 (normalised here with the ImageNet mean and std, as the
-trainer does) or float (used as they are). Data are arrays `(images, labels)`,
+Images may be uint8 (normalised here in the model's own input format, as the
+trainer does: ImageNet's mean and std, the CIFAR statistics, Caffe's BGR means
+or Inception's [-1, 1]) or float (used as they are). Data are arrays `(images, labels)`,
 or an iterable of such pairs / of dicts with 'image', 'label' and optionally
 'mask' (the trainer's eval batches); they are re-batched to a fixed size so one
 compiled function serves every batch.
@@ -38,7 +39,7 @@ import optax
 
 from senet_jax import xla_cpu
 from senet_jax.checkpoint import user_path
-from senet_jax.models import create_model, normalize_images, set_overrides
+from senet_jax.models import create_model, input_format, normalize_images, set_overrides
 
 CRITERIA = ('se_gate', 'l1_weight', 'random')
 # The blocks Fig. 6 of the paper shows for SE-ResNet-50: SE_2_3, SE_3_4, SE_4_6, SE_5_1..3.
@@ -61,10 +62,10 @@ def digits_data(image_size: int = 16, split: str = 'test'):
     return (train_x, train_y) if split == 'train' else (test_x, test_y)
 
 
-def prepare(images):
-    """uint8 images -> ImageNet-normalised float32 (as the trainer); floats unchanged."""
+def prepare(images, model):
+    """uint8 images -> float32 in `model`'s input format (as the trainer); floats unchanged."""
     if jnp.issubdtype(images.dtype, jnp.integer):
-        return normalize_images(images)
+        return normalize_images(images, input_format=input_format(model))
     return images
 
 
@@ -146,7 +147,7 @@ def gates_and_logits(model, variables, images):
     Blocks are named as in `se_blocks`."""
     from flax import traverse_util
     variables = {k: v for k, v in variables.items() if k != 'intermediates'}
-    logits, state = model.apply(variables, prepare(images), train=False,
+    logits, state = model.apply(variables, prepare(images, model), train=False,
                                 mutable=['intermediates'])
     gates = {}
     for path, sown in traverse_util.flatten_dict(dict(state['intermediates'])).items():

@@ -1,5 +1,6 @@
 """scripts/accelerator_checks.py: its checks, how it reads train.py's metrics, its refusals and its
 time budget; `--smoke` runs every check at toy sizes. scripts/kernels_ab.py: the inference A/B."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -26,9 +27,9 @@ def checks():
     return load_script('accelerator_checks')
 
 
-def fake_probe(backend='gpu', kind='NVIDIA H200', kernels_missing=''):
+def fake_probe(backend='gpu', kind='NVIDIA H200', kernels_missing='', bytes_limit=None):
     return lambda env: {'backend': backend, 'device_kind': kind, 'num_devices': 1,
-                        'kernels_missing': kernels_missing}
+                        'kernels_missing': kernels_missing, 'bytes_limit': bytes_limit}
 
 
 def test_every_check_names_a_zoo_model_with_a_config_and_the_issue_targets(checks):
@@ -93,6 +94,52 @@ def test_the_time_budget_stops_a_check_and_skips_the_rest(checks, monkeypatch, t
     assert f'{names[2]}: skipped: torch and timm do not import here' in printed
     assert '0 of 6 checks ran' in printed and 'not measured' in printed
     assert (tmp_path / 'c.jsonl').read_text() == ''
+    assert printed.splitlines()[-1] == (
+        f'Left out for lack of time: {names[0]}; {names[1]}; {names[3]}; {names[4]}. Run them with '
+        'python scripts/accelerator_checks.py --checks train,kernels --budget 2')
+
+
+GiB = 1 << 30
+
+
+def test_the_per_device_batch_fits_the_device_memory(checks):
+    # (bytes_limit -> se_resnet50, se_resnext101_32x4d): a 16 GiB v5e chip; an H100's 75% of
+    # 80 GB that JAX takes; an H200's; a device that does not say (memory_stats() is None).
+    for limit, batches in ((16 * GiB, (96, 48)), (int(0.75 * 80e9), (256, 128)),
+                           (int(0.75 * 141e9), (256, 128)), (None, (256, 128)), (GiB, (16, 16))):
+        chosen = (checks.per_device_batch('se_resnet50', 256, limit),
+                  checks.per_device_batch('se_resnext101_32x4d', 128, limit))
+        assert chosen == batches, limit
+        for model, batch in zip(('se_resnet50', 'se_resnext101_32x4d'), chosen):
+            need = checks.FIXED_BYTES + batch * checks.PER_IMAGE_BYTES[model]
+            assert batch % 16 == 0 and (batch == 16 or limit is None
+                                        or need <= checks.MEMORY_SHARE * limit)
+    assert checks.per_device_batch('se_resnet_mini', 2, 16 * GiB) == 2   # no estimate: as asked
+
+
+def test_se_resnet50_training_comes_first_and_the_batches_from_the_memory(checks, monkeypatch, tmp_path,
+                                                                            capsys):
+    events = []
+
+    def fake_run(ctx, model, batch):
+        events.append((model, batch))
+        return {'images_per_sec_per_device': 1.0}
+    monkeypatch.setattr(checks, 'CHECKS', [dataclasses.replace(c, run=fake_run) if c.group != 'timm'
+                                           else c for c in checks.CHECKS])
+    monkeypatch.setattr(checks, 'probe', fake_probe(kind='TPU v5 lite', bytes_limit=16 * GiB))
+    monkeypatch.setattr(checks, 'timm_unavailable',
+                        lambda env, smoke: events.append('timm probe') or 'no torch here')
+    assert checks.main(['--out', str(tmp_path / 'c.jsonl')]) == 0
+    # Nothing before the se_resnet50 figure; timm's probe (importing torch) only when its turn comes.
+    assert events == [('se_resnet50', 96), ('se_resnext101_32x4d', 48), 'timm probe',
+                      ('se_resnet50', 96), ('se_resnet50', 96)]
+    assert checks.CHECKS[0].name == 'se_resnet50 training (train.py)'
+    assert checks.CHECKS[0].figures[0][:2] == ('images_per_sec_per_device', 4500)
+    printed = capsys.readouterr().out
+    assert 'se_resnet50 training (train.py): batch 96 per device, not 256: the device has 16.0 GiB' in printed
+    assert printed.splitlines()[-1] == 'Nothing was left out for lack of time.'
+    first = json.loads((tmp_path / 'c.jsonl').read_text().splitlines()[0])
+    assert first['per_device_batch'] == 96 and first['bytes_limit'] == 16 * GiB
 
 
 def test_without_the_kernels_option_the_ab_checks_say_skipped(checks, monkeypatch, tmp_path, capsys):

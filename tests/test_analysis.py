@@ -30,7 +30,7 @@ def trained(digits):
 
 def _captured(model, variables, images):
     """Every submodule's output, by path (flax capture_intermediates)."""
-    _, state = model.apply(variables, analysis.prepare(jnp.asarray(images)),
+    _, state = model.apply(variables, analysis.prepare(jnp.asarray(images), model),
                            capture_intermediates=True, mutable=['intermediates'])
     return state['intermediates']
 
@@ -104,9 +104,9 @@ def test_class_means_equal_a_direct_computation(trained, digits):
 def test_no_squeeze_gates_are_averaged_over_space(digits):
     model = create_model('se_resnet_mini', num_classes=NUM_CLASSES, squeeze='none')
     x = digits[1][0][:4]
-    variables = model.init(jax.random.key(0), analysis.prepare(jnp.asarray(x)))
+    variables = model.init(jax.random.key(0), analysis.prepare(jnp.asarray(x), model))
     _, gates = analysis.gates_and_logits(model, variables, x)
-    _, state = model.apply(variables, analysis.prepare(jnp.asarray(x)), mutable=['intermediates'])
+    _, state = model.apply(variables, analysis.prepare(jnp.asarray(x), model), mutable=['intermediates'])
     spatial = state['intermediates']['stage3_block0']['se']['gate'][0]
     assert spatial.shape == (4, 8, 8, 32) and gates['stage3_block0'].shape == (4, 32)
     np.testing.assert_allclose(gates['stage3_block0'], spatial.mean((1, 2)), rtol=1e-5)

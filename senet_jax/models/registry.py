@@ -15,10 +15,14 @@ from senet_jax.options import did_you_mean, validate_options  # noqa: F401 (re-e
 
 FAMILIES = (resnet, bn_inception, inception_resnet, vgg, mobilenet, shufflenet, cifar)
 _REGISTRY: Dict[str, ModelSpec] = {}
+# Every name of a family takes the same pixels, so a model instance knows its input format.
+_INPUT_FORMATS: Dict[type, InputFormat] = {}
 for _family in FAMILIES:
     for _name, _spec in _family.SPECS.items():
         assert _name not in _REGISTRY, f'{_name} is registered twice'
         _REGISTRY[_name] = _spec
+        assert _INPUT_FORMATS.setdefault(_spec.family, _spec.input_format) == _spec.input_format, \
+            f'{_name}: another input format than the rest of {_spec.family.__name__}'
 
 
 def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -41,6 +45,15 @@ def model_spec(name: str) -> ModelSpec:
         raise ValueError(f"Unknown model '{name}'.{did_you_mean(name, _REGISTRY)} "
                          '`python -m senet_jax.models` lists them all.')
     return _REGISTRY[name]
+
+
+def input_format(model) -> InputFormat:
+    """The `ModelSpec.input_format` of a zoo model instance (its family's), as the trainer
+    normalises its images."""
+    for family, fmt in _INPUT_FORMATS.items():
+        if isinstance(model, family):
+            return fmt
+    raise ValueError(f'{type(model).__name__} is not a zoo model: no input format is known for it.')
 
 
 def min_input_size(model) -> int:
