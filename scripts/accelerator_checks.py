@@ -70,12 +70,13 @@ print(json.dumps({'backend': jax.default_backend(), 'device_kind': devices[0].de
 '''
 TIMM_PROBE = 'import torch, timm; print(torch.cuda.is_available())'
 
-# Training memory per device, as an estimate: the parameters, optimizer state and
-# workspace, then so much per image. se_resnet50: XLA's memory analysis of
-# train.py's bfloat16 step compiled for the CPU, whose temporaries grow by 115 MiB
-# per image (1,110 MiB at batch 8, 649 MiB at 4); se_resnext101_32x4d: twice that,
+# Training memory per device, as an estimate: a fixed part, then so much per image.
+# se_resnet50: XLA's memory analysis of train.py's bfloat16 step compiled for the
+# CPU, whose temporaries grow by 115 MiB per image (1,110 MiB at batch 8, 649 MiB
+# at 4) over 430 MiB of arguments and outputs (the fixed part is rounded up to
+# 2 GiB for the libraries' workspaces); se_resnext101_32x4d: twice that per image,
 # as the activations its backward pass keeps are 2.0x se_resnet50's (traced at
-# batch 1). GPUs and TPUs fuse more than the CPU, so these overstate the need.
+# batch 1). GPUs and TPUs fuse more than the CPU, so these should overstate the need.
 FIXED_BYTES = 2 << 30
 PER_IMAGE_BYTES = {'se_resnet50': 115 << 20, 'se_resnext101_32x4d': 230 << 20}
 MEMORY_SHARE = 0.9   # of the device's bytes_limit
