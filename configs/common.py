@@ -37,6 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_size = 224
     c.min_crop_area = 0.08        # random-size crop: 8%..100% of the area
     c.eval_crop_fraction = 0.875  # 224/256: centre crop of a 256 resize
+    # '' crops eval_crop_fraction of the short side and resizes it to image_size;
+    # 'bilinear' / 'bicubic' is a pretrained weight's transform (timm's): the short side
+    # resized to image_size / eval_crop_fraction with that filter, then the centre crop.
+    c.eval_interpolation = ''
+    # The pixel normalisation, RGB in [0, 1] units; () = the model's own.
+    c.input_mean = ()
+    c.input_std = ()
     # tfds only: 'inception' (the random-size crop above + flip; eval centre
     # crop) or 'cifar' (zero-pad 4, random crop at the image's own size, flip;
     # eval: the image as it is).
@@ -86,7 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3  # the newest few, plus the best by eval top-1
     c.skip_nonfinite_steps = False  # True: skip NaN/Inf steps instead of stopping
-    c.init_from = ''  # directory of converted weights (python -m senet_jax.convert)
+    # Converted weights: a folder of `python -m senet_jax.convert`, or a published
+    # weight's tag (`senet_jax.list_pretrained()`), downloaded and cached once.
+    c.init_from = ''
+    c.max_eval_batches = 0  # > 0: evaluate on the first N batches only (a quick look)
     return c
 
 
@@ -165,4 +175,22 @@ def local_variant(c: ml_collections.ConfigDict, num_classes: int = 1000,
     c.log_every_steps = 1
     c.eval_every_steps = 4
     c.checkpoint_every_steps = 4
+    return c
+
+
+def pretrained_config(tag: str, evaluate: bool) -> ml_collections.ConfigDict:
+    """A published weight's model, init_from and eval preprocessing (its own input
+    size, crop_pct, interpolation, mean and std); `evaluate`: no training steps."""
+    from senet_jax import pretrained   # the table only; nothing is downloaded here
+    tag, weight = pretrained.resolve(tag)
+    c = base_config()
+    c.model = weight.model
+    c.init_from = tag
+    c.image_size = weight.input_size
+    c.eval_crop_fraction = weight.crop_pct
+    c.eval_interpolation = weight.interpolation
+    c.input_mean, c.input_std = tuple(weight.mean), tuple(weight.std)
+    if evaluate:
+        c.num_train_steps = 0
+        c.batch_size = 250
     return c

@@ -6,10 +6,18 @@ from senet_jax import xla_cpu  # noqa: F401  (senet_jax.xla_cpu.compiler_options
 __version__ = '0.1.0'
 
 
-def load_pretrained(directory, num_classes=None):
-    """(model, variables) from a directory written by `python -m senet_jax.convert`."""
-    from senet_jax.convert import load_pretrained as _load
-    return _load(directory, num_classes=num_classes)
+def load_pretrained(name, model=None, num_classes=None, **kwargs):
+    """(model, variables) for a published weight ('se_resnet50.ra2_in1k', 'se_resnet50',
+    'hf-hub:timm/seresnet50.a1_in1k'), a URL or local file with `model=`, or a folder
+    written by `python -m senet_jax.convert`; `num_classes=N` gives a fresh head."""
+    from senet_jax.pretrained import load_pretrained as _load
+    return _load(name, model=model, num_classes=num_classes, **kwargs)
+
+
+def list_pretrained(pattern='*'):
+    """The published weights' tags matching a shell-style pattern, e.g. '*se_resnext*'."""
+    from senet_jax.pretrained import list_pretrained as _list
+    return _list(pattern)
 
 
 def __getattr__(name):

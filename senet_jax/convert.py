@@ -19,7 +19,7 @@ import json
 import pickle
 import sys
 import zipfile
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -131,8 +131,8 @@ def _layout_name(name: str) -> str:
     return f'{spec.source} {spec.reference}' if spec.reference else spec.layout
 
 
-def _num_classes(name: str, state_dict: Mapping[str, Any]) -> int:
-    key = torch_key('params', ('fc', 'bias'), model_spec(name).layout)
+def _num_classes(name: str, state_dict: Mapping[str, Any], layout: str) -> int:
+    key = torch_key('params', ('fc', 'bias'), layout)
     if key not in state_dict:
         raise ConversionError(f"The weights have no classifier '{key}': they are not in the "
                               f"{_layout_name(name)} layout.")
@@ -144,16 +144,19 @@ def _variable_shapes(model, size: int):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
 
 
-def torch_to_flax(name: str, state_dict: Mapping[str, Any], **overrides) -> Dict[str, Any]:
+def torch_to_flax(name: str, state_dict: Mapping[str, Any], layout: str = None,
+                  **overrides) -> Dict[str, Any]:
     """{'params', 'batch_stats'} for zoo model `name` from a reference state_dict.
 
     Strict: every key the model needs must be present with the right shape, and
     no other key may be (num_batches_tracked aside); the error names the keys.
     """
     spec = model_spec(name)
-    if spec.reference is None and spec.layout not in WEIGHTS_WITHOUT_REFERENCE:
+    if layout is not None:                      # a weight published in another layout
+        spec = spec._replace(layout=layout)
+    elif spec.reference is None and spec.layout not in WEIGHTS_WITHOUT_REFERENCE:
         raise ConversionError(f'{name} has no PyTorch reference to convert from.')
-    model = create_model(name, num_classes=_num_classes(name, state_dict), **overrides)
+    model = create_model(name, num_classes=_num_classes(name, state_dict, spec.layout), **overrides)
     shapes = _variable_shapes(model, spec.input_size)
     state = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
 
@@ -238,6 +241,71 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         return np.frombuffer(raw, storage_type.dtype)
 
 
+# torch.save's format before PyTorch 1.6 (timm's 2019 releases, Cadene's and pytorchcv's
+# files): five pickles in a row (magic number, protocol, system info, the object,
+# the storage keys), then each storage as an int64 element count and its raw bytes.
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+class _LazyTensor(NamedTuple):
+    storage_key: str
+    offset: int
+    size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+
+
+class _LegacyUnpickler(_TensorsOnlyUnpickler):
+    """The legacy format's object pickle: tensors are recorded, filled in later."""
+
+    def __init__(self, file):
+        pickle.Unpickler.__init__(self, file, encoding='utf-8')
+        self.storages = {}
+
+    def find_class(self, module, name):
+        if module == 'torch._utils' and name == '_rebuild_tensor_v2':
+            return lambda storage, offset, size, stride, *unused: _LazyTensor(
+                storage, offset, tuple(size), tuple(stride))
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        if pid[0] != 'storage' or not isinstance(pid[1], _StorageType) or pid[5:6] not in ((), (None,)):
+            raise pickle.UnpicklingError(f'unsupported storage record {pid[0]!r}')
+        self.storages[pid[2]] = pid[1].dtype
+        return pid[2]
+
+
+def _read_torch_legacy(path: str, data: bytes):
+    f = io.BytesIO(data)
+    try:
+        if pickle.load(f) != _LEGACY_MAGIC:
+            raise pickle.UnpicklingError('not a PyTorch checkpoint')
+        pickle.load(f), pickle.load(f)                  # protocol version, system info
+        unpickler = _LegacyUnpickler(f)
+        obj = unpickler.load()
+        keys = pickle.load(f)
+        arrays = {}
+        for key in keys:
+            dtype = unpickler.storages[key]
+            count = int(np.frombuffer(f.read(8), np.int64)[0])
+            item = 2 if dtype == 'bfloat16' else np.dtype(dtype).itemsize
+            raw = f.read(count * item)
+            if len(raw) != count * item:
+                raise pickle.UnpicklingError('the file ends inside a tensor')
+            arrays[key] = ((np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+                           if dtype == 'bfloat16' else np.frombuffer(raw, dtype))
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as e:
+        raise ConversionError(f'Refusing {path}: {e}.') from None
+
+    def fill(value):
+        if isinstance(value, _LazyTensor):
+            storage = arrays[value.storage_key]
+            return _rebuild_tensor(storage, value.offset, value.size, value.stride)
+        if isinstance(value, dict):
+            return type(value)((k, fill(v)) for k, v in value.items())
+        return value
+    return fill(obj)
+
+
 def _read_torch_zip(path: str, data: bytes) -> Dict[str, np.ndarray]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         pkl = [n for n in archive.namelist() if n.endswith('data.pkl')]
@@ -263,11 +331,14 @@ def read_weights(path: str) -> Dict[str, np.ndarray]:
             return load(data)
         except Exception as e:  # safetensors raises its own error types
             raise ConversionError(f'{path} is not a readable .safetensors file ({e}).') from None
-    if not zipfile.is_zipfile(io.BytesIO(data)):
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        obj = _read_torch_zip(path, data)
+    elif data[:2] == b'\x80\x02':                   # a pickle: torch.save's legacy format
+        obj = _read_torch_legacy(path, data)
+    else:
         raise ConversionError(
-            f'{path} is neither .safetensors nor a zip-format PyTorch checkpoint. Re-save it '
+            f'{path} is neither .safetensors nor a PyTorch checkpoint. Re-save it '
             'with `torch.save(torch.load(f, weights_only=True), "w.pth")` or as .safetensors.')
-    obj = _read_torch_zip(path, data)
     for wrapper in ('state_dict', 'model', 'state_dict_ema'):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]

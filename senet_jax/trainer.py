@@ -43,7 +43,7 @@ from senet_jax import sharding as sharding_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
-from senet_jax.models import IMAGENET, create_model, min_input_size, model_spec, set_overrides
+from senet_jax.models import IMAGENET, InputFormat, create_model, min_input_size, model_spec, set_overrides
 from senet_jax.steps import (DynamicScale, TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
                              eval_step, observe_validation_loss, train_step,
@@ -133,6 +133,11 @@ def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
     compute = precision.DTYPES[dtype]
     # The zoo model's pixel format (Caffe BGR, CIFAR statistics, ...); ImageNet's otherwise.
     input_format = model_spec(config.model).input_format if 'model' in config else IMAGENET
+    if config.get('input_mean'):   # a pretrained weight's own statistics (RGB, [0, 1])
+        mean = tuple(255 * m for m in config.input_mean)
+        std = tuple(255 * s for s in config.input_std)
+        input_format = InputFormat(mean[::-1] if input_format.bgr else mean,
+                                   std[::-1] if input_format.bgr else std, input_format.bgr)
     init = jax.jit(functools.partial(create_train_state, config=config, model=model,
                                      tx=tx, dtype=dtype),
                    out_shardings=replicated)
@@ -273,11 +278,13 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
 # Evaluation.
 
 
-def evaluate(eval_fn, state, pipeline, mesh) -> dict:
-    """Top-1/top-5 and loss over every eval example; sums stay on device and
-    are fetched once, after the last batch."""
+def evaluate(eval_fn, state, pipeline, mesh, max_batches: int = 0) -> dict:
+    """Top-1/top-5 and loss over every eval example (or the first `max_batches`
+    batches, the same count on every process); sums stay on device and are
+    fetched once, after the last batch."""
     totals = sharding_lib.replicate(zero_eval_totals(), mesh)
-    for batch in pipeline.eval_batches():
+    batches = pipeline.eval_batches()
+    for batch in itertools.islice(batches, max_batches or None):
         totals = eval_fn(state, sharding_lib.shard_batch(batch, mesh), totals)
     sums = jax.device_get(totals)
     n = float(sums['count'])
@@ -290,7 +297,8 @@ def evaluate(eval_fn, state, pipeline, mesh) -> dict:
 def evaluate_only(run: Run) -> dict:
     """num_train_steps=0: evaluates the init_from weights; no checkpoints."""
     metrics_log = MetricsLog(run.workdir)
-    metrics = evaluate(run.steps.eval, fresh_state(run), run.pipeline, run.mesh)
+    metrics = evaluate(run.steps.eval, fresh_state(run), run.pipeline, run.mesh,
+                       run.config.get('max_eval_batches', 0))
     logging.info('eval of %s: top-1 error %.2f%%, top-5 error %.2f%% on %d '
                  'examples', run.config.init_from, 100 * (1 - metrics['eval_top1']),
                  100 * (1 - metrics['eval_top5']), metrics['eval_examples'])
@@ -300,7 +308,8 @@ def evaluate_only(run: Run) -> dict:
 
 
 def evaluate_and_log(run: Run, state, metrics_log, step: int) -> dict:
-    metrics = evaluate(run.steps.eval, state, run.pipeline, run.mesh)
+    metrics = evaluate(run.steps.eval, state, run.pipeline, run.mesh,
+                       run.config.get('max_eval_batches', 0))
     logging.info('eval at step %d: loss %.4f  top1 %.4f  top5 %.4f', step,
                  metrics['eval_loss'], metrics['eval_top1'], metrics['eval_top5'])
     metrics_log.write(step, metrics)
@@ -506,10 +515,10 @@ def observe(run: Run, state, metrics: dict):
 
 def load_init_from(config, state: TrainState, num_classes: int):
     """Params/batch_stats of `state` replaced by converted weights."""
-    from senet_jax import convert  # pylint: disable=g-import-not-at-top
-    try:
-        src_model, variables = convert.load_pretrained(config.init_from)
-    except (convert.ConversionError, OSError, ValueError) as e:
+    from senet_jax import convert, pretrained  # pylint: disable=g-import-not-at-top
+    try:   # a converted folder, or a published weight's tag (downloaded and cached once)
+        src_model, variables = pretrained.load_pretrained(config.init_from)
+    except (convert.ConversionError, OSError, ValueError, UserError) as e:
         raise UserError(f'cannot load init_from={config.init_from}: {e}') from None
     params = dict(variables['params'])
     if src_model.num_classes != num_classes:
@@ -524,7 +533,8 @@ def load_init_from(config, state: TrainState, num_classes: int):
                                            jax.tree.leaves(old))))
     if not same:
         meta = checkpoint_lib.user_path(config.init_from) / convert.METADATA
-        src_name = json.loads(meta.read_text()).get('model')
+        src_name = (json.loads(meta.read_text()).get('model') if meta.exists()
+                    else pretrained.weight_config(config.init_from).model)
         raise UserError(f'init_from={config.init_from} holds {src_name} weights, '
                         f'which do not fit {config.model} with this config')
     new = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), new, old)

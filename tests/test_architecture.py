@@ -12,8 +12,9 @@ FLOORS = [
     {'cpu_kernels'},
     {'xla_cpu', 'models', 'data', 'checkpoint', 'precision'},
     {'steps', 'metrics_log', 'convert', 'nnx'},
+    {'pretrained'},
     {'trainer'},
-    {'analysis', 'benchmark'},
+    {'analysis', 'benchmark', 'predict'},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 

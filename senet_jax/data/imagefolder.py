@@ -132,6 +132,7 @@ class ImageFolderSource(Source):
         self.shard, self.seed, self.image_size = shard, config.seed, config.image_size
         self.min_area = config.get('min_crop_area', 0.08)
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
+        self.interpolation = config.get('eval_interpolation', '')
 
     def _epoch_indices(self, epoch, offset):
         return indexing.epoch_indices(self.seed, self.num_train_examples,
@@ -168,7 +169,7 @@ class ImageFolderSource(Source):
         ds = tf.data.Dataset.from_tensor_slices(self.eval_paths[idx])
         ds = preprocess.tpu_host_options(ds)
         ds = ds.map(lambda p: preprocess.preprocess_eval(
-            tf.io.read_file(p), self.image_size, self.crop_fraction),
+            tf.io.read_file(p), self.image_size, self.crop_fraction, self.interpolation),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(len(idx))
 

@@ -5,6 +5,8 @@ JPEGs are decoded and cropped in one op (decode_and_crop_jpeg) so only the crop
 is ever decompressed.
 """
 
+import math
+
 import tensorflow as tf
 
 # tf.data threading for a TPU host (as big_vision and the flax ImageNet example
@@ -77,12 +79,34 @@ def preprocess_train(data, seed, image_size, min_area=0.08,
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
-def preprocess_eval(data, image_size, crop_fraction=0.875):
+def resize_then_crop(image, image_size, crop_pct, method='bilinear'):
+    """timm's eval transform on a decoded uint8 image: the short side resized to
+    floor(image_size / crop_pct) with `method` ('bilinear' or 'bicubic', antialiased
+    as PIL resizes), then the central image_size square (torchvision's rounding)."""
+    scale = int(math.floor(image_size / crop_pct))
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    short, long = tf.minimum(h, w), tf.maximum(h, w)
+    new_long = (scale * tf.cast(long, tf.int64)) // tf.cast(short, tf.int64)
+    new_long = tf.cast(new_long, tf.int32)
+    size = tf.where(h <= w, tf.stack([scale, new_long]), tf.stack([new_long, scale]))
+    image = tf.image.resize(image, size, method=method, antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    top = tf.cast(tf.round((size[0] - image_size) / 2), tf.int32)
+    left = tf.cast(tf.round((size[1] - image_size) / 2), tf.int32)
+    return image[top:top + image_size, left:left + image_size]
+
+
+def preprocess_eval(data, image_size, crop_fraction=0.875, interpolation=''):
     """Centre crop of `crop_fraction` of the short side, resized to image_size.
 
     With the default 0.875 = 224/256 this equals the paper's "resize the short
-    side to 256, take the central 224x224".
+    side to 256, take the central 224x224". With an `interpolation`, a pretrained
+    weight's own transform instead (`resize_then_crop`: timm's order, resize first).
     """
+    if interpolation:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return resize_then_crop(image, image_size, crop_fraction, interpolation)
+
     def crop_fn(shape):
         h, w = shape[0], shape[1]
         size = tf.cast(crop_fraction * tf.cast(tf.minimum(h, w), tf.float32),

@@ -94,6 +94,7 @@ class TfdsSource(Source):
         self.shard, self.seed, self.image_size = shard, config.seed, config.image_size
         self.min_area = config.get('min_crop_area', 0.08)
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
+        self.interpolation = config.get('eval_interpolation', '')
         self.shuffle_buffer = config.get('shuffle_buffer', 16 * 1024)
         self.decoders = {self.image_key: tfds.decode.SkipDecoding()}
 
@@ -103,7 +104,8 @@ class TfdsSource(Source):
 
     def eval_image(self, data):
         """Encoded bytes -> the uint8 [S, S, 3] centre crop."""
-        return preprocess.preprocess_eval(data, self.image_size, self.crop_fraction)
+        return preprocess.preprocess_eval(data, self.image_size, self.crop_fraction,
+                                          self.interpolation)
 
     def _epoch_records(self, epoch):
         """This process's records of `epoch`, in an order fixed by (seed, epoch)."""
