@@ -7,8 +7,9 @@ writes an Orbax checkpoint of {'params', 'batch_stats'} plus `model.json`, which
 trainer starts from with `--config.init_from=DIR`.
 
 Loading never executes pickled code: `.safetensors` is read as plain tensors,
-and a `.pth` zip archive is unpickled by a reader that only rebuilds tensors
-and refuses every other object (torch itself is not needed).
+and a `.pth` (torch's zip archive, or its pre-1.6 format) is unpickled by a
+reader that only rebuilds tensors and refuses every other object (torch itself
+is not needed).
 
 Every path (--weights, --out, load_pretrained's directory) may be local or a
 gs:// URL (etils.epath; Orbax writes the arrays).

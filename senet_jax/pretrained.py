@@ -463,3 +463,37 @@ def eval_transform(image, weight: Weight, size: Optional[int] = None) -> np.ndar
     image = image.resize(new, resample)
     left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
     return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+# --- The table, printed --------------------------------------------------------------
+
+def table_rows(pattern: str = '*'):
+    """(tag, model, parameters, GMACs at input_size, input size, published top-1, source)."""
+    from senet_jax.models.macs import count_macs
+    measured = {}
+    for tag in list_pretrained(pattern):
+        w = WEIGHTS[tag]
+        key = (w.model, w.input_size, w.num_classes)
+        if key not in measured:
+            model = create_model(w.model, num_classes=w.num_classes, kernels='plain')
+            shapes = jax.eval_shape(lambda m=model, s=w.input_size: m.init(
+                jax.random.key(0), jnp.zeros((1, s, s, 3))))
+            measured[key] = (sum(v.size for v in jax.tree.leaves(shapes['params'])),
+                             count_macs(model, w.input_size, shapes) / 1e9)
+        yield (tag, w.model, *measured[key], w.input_size, w.top1, w.top1_source)
+
+
+def main(argv=None) -> int:
+    """`python -m senet_jax.pretrained [PATTERN]`: the table as docs/pretrained.md shows it."""
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    print('| tag | model | parameters | GMACs | input | published top-1 |')
+    print('|---|---|---:|---:|---:|---:|')
+    for tag, model, params, gmacs, size, top1, _ in table_rows(args[0] if args else '*'):
+        top1 = f'{top1:.2f}' if top1 is not None else '—'
+        print(f'| `{tag}` | `{model}` | {params / 1e6:.2f}M | {gmacs:.2f} | {size} | {top1} |')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
