@@ -16,7 +16,7 @@ no pickled code is ever run (see convert.read_weights).
 """
 import fnmatch
 import hashlib
-import io
+import http.client
 import os
 import pathlib
 import re
@@ -337,11 +337,11 @@ def _http_get(url: str, part: pathlib.Path, tag: str, downloads) -> None:
                     bar.update(len(chunk))
     except urllib.error.HTTPError as e:
         raise PretrainedError(f'Cannot download {tag} from {url}: HTTP {e.code}.') from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         if isinstance(e, urllib.error.URLError) or not part.exists():
             raise _no_network(f'{tag} ({url})', downloads) from None
-        raise PretrainedError(f'The download of {tag} from {url} broke off ({e}); run again '
-                              'to resume it.') from None
+        raise PretrainedError(f'The download of {tag} from {url} broke off '
+                              f'({type(e).__name__}); run again to resume it.') from None
     if total is not None and part.stat().st_size < total:
         raise PretrainedError(f'The download of {tag} from {url} ended early '
                               f'({part.stat().st_size} of {total} bytes); run again to resume it.')

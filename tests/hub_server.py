@@ -16,7 +16,7 @@ class HubServer:
 
     def __init__(self):
         self.files = {}              # path -> bytes
-        self.requests = []
+        self.requests, self.ranges = [], []
         self.corrupt, self.truncate = set(), set()
         server = self
 
@@ -39,6 +39,7 @@ class HubServer:
                     return
                 start = 0
                 if self.headers.get('Range'):
+                    server.ranges.append(self.headers['Range'])
                     start = int(self.headers['Range'].split('=')[1].split('-')[0])
                 body = data[start:]
                 name = path.rsplit('/', 1)[-1]

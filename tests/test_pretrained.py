@@ -207,8 +207,17 @@ def test_a_release_file_with_a_wrong_hash_is_refused(hub, mini, monkeypatch):
     # the right hash passes, and the file is kept under its own name (no .part left)
     monkeypatch.setattr(pretrained, '_save_variables', lambda *a: None)
     monkeypatch.setattr(pretrained, '_with_head', lambda *a: a)
+    # cut off halfway: refused in one sentence, the part kept; the next run resumes it
+    hub.truncate.add(f'mini-{good}.safetensors')
+    with pytest.raises(PretrainedError, match='run again to resume') as e:
+        pretrained.load_pretrained('se_resnet_mini.good')
+    assert '\n' not in str(e.value)
+    assert [p.name for p in downloads.iterdir()] == [f'mini-{good}.safetensors.part']
+    hub.truncate.clear()
     pretrained.load_pretrained('se_resnet_mini.good')
+    assert hub.ranges == [f'bytes={len(data) // 2}-']
     assert [p.name for p in downloads.iterdir()] == [f'mini-{good}.safetensors']
+    assert (downloads / f'mini-{good}.safetensors').read_bytes() == data
 
 
 # --- torch's legacy format, and no torch at all ------------------------------------------
@@ -352,6 +361,7 @@ def test_eval_preprocessing_matches_pil_on_photographs():
     from sklearn.datasets import load_sample_images
     from senet_jax.data import preprocess
     photos = [skimage.data.chelsea(), skimage.data.coffee(), load_sample_images().images[0]]
+    worst = 0.0
     for tag in ('se_resnet50.ra2_in1k', 'legacy_se_resnet50.in1k'):   # bicubic, bilinear
         weight = pretrained.weight_config(tag)
         for photo in photos:
@@ -361,7 +371,9 @@ def test_eval_preprocessing_matches_pil_on_photographs():
             got = preprocess.preprocess_eval(tf.constant(png.getvalue()), weight.input_size,
                                              weight.crop_pct, weight.interpolation).numpy()
             assert got.shape == ref.shape == (weight.input_size, weight.input_size, 3)
-            assert np.abs(got - ref).mean() <= 1.0, tag
+            worst = max(worst, np.abs(got - ref).mean())
+    print(f'largest mean absolute difference: {worst:.3f} grey levels')
+    assert worst <= 1.0
 
 
 # --- using it: predict, train.py's eval and init_from -----------------------------------
