@@ -263,7 +263,8 @@ class _LegacyUnpickler(_TensorsOnlyUnpickler):
         self.storages = {}
 
     def find_class(self, module, name):
-        if module == 'torch._utils' and name == '_rebuild_tensor_v2':
+        # _rebuild_tensor: torch 0.3, which saved Cadene's Caffe ports (timm's legacy_*).
+        if module == 'torch._utils' and name in ('_rebuild_tensor_v2', '_rebuild_tensor'):
             return lambda storage, offset, size, stride, *unused: _LazyTensor(
                 storage, offset, tuple(size), tuple(stride))
         return super().find_class(module, name)

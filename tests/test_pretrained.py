@@ -222,9 +222,10 @@ def test_a_release_file_with_a_wrong_hash_is_refused(hub, mini, monkeypatch):
 
 # --- torch's legacy format, and no torch at all ------------------------------------------
 
-def legacy_pth(state_dict) -> bytes:
+def legacy_pth(state_dict, rebuild='_rebuild_tensor_v2') -> bytes:
     """A state_dict in torch.save's pre-1.6 format (the layout torch/serialization.py's
-    _legacy_save writes), made without torch: stand-in torch modules name the globals."""
+    _legacy_save writes), made without torch: stand-in torch modules name the globals.
+    rebuild='_rebuild_tensor' is torch 0.3's spelling (no requires_grad, no hooks)."""
     fake_torch, fake_utils = types.ModuleType('torch'), types.ModuleType('torch._utils')
 
     class FloatStorage:
@@ -234,8 +235,9 @@ def legacy_pth(state_dict) -> bytes:
     def _rebuild_tensor_v2(*args):
         raise AssertionError
     _rebuild_tensor_v2.__module__ = 'torch._utils'
-    _rebuild_tensor_v2.__qualname__ = '_rebuild_tensor_v2'
-    fake_torch.FloatStorage, fake_utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    _rebuild_tensor_v2.__qualname__ = _rebuild_tensor_v2.__name__ = rebuild
+    fake_torch.FloatStorage = FloatStorage
+    setattr(fake_utils, rebuild, _rebuild_tensor_v2)
     fake_torch._utils = fake_utils
 
     class Storage:
@@ -248,8 +250,8 @@ def legacy_pth(state_dict) -> bytes:
 
         def __reduce__(self):
             stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
-            return (_rebuild_tensor_v2, (self.storage, 0, self.shape, stride, False,
-                                         collections.OrderedDict()))
+            extra = (False, collections.OrderedDict()) if rebuild.endswith('_v2') else ()
+            return (_rebuild_tensor_v2, (self.storage, 0, self.shape, stride) + extra)
 
     storages = {}
     obj = collections.OrderedDict()
@@ -286,14 +288,34 @@ def legacy_pth(state_dict) -> bytes:
 def test_legacy_pth_files_are_read_without_torch(tmp_path):
     sd = {'a.weight': np.arange(6, dtype=np.float32).reshape(2, 3), 'b.bias': np.ones(4, np.float32)}
     path = tmp_path / 'old.pth'
-    path.write_bytes(legacy_pth(sd))
-    got = convert.read_weights(str(path))
-    assert sorted(got) == sorted(sd)
-    for k in sd:
-        np.testing.assert_array_equal(got[k], sd[k])
+    for rebuild in ('_rebuild_tensor_v2', '_rebuild_tensor'):
+        path.write_bytes(legacy_pth(sd, rebuild))
+        got = convert.read_weights(str(path))
+        assert sorted(got) == sorted(sd)
+        for k in sd:
+            np.testing.assert_array_equal(got[k], sd[k])
     path.write_bytes(legacy_pth(sd)[:-8])
     with pytest.raises(convert.ConversionError, match='ends inside a tensor'):
         convert.read_weights(str(path))
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_hostile_legacy_pth_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / 'pwned'
+    f = io.BytesIO()
+    for obj in (0x1950a86a20f9469cfc6c, 1001, {}, {'w': _Evil(marker)}, []):
+        pickle.dump(obj, f, protocol=2)
+    (tmp_path / 'evil.pth').write_bytes(f.getvalue())
+    with pytest.raises(convert.ConversionError, match='refusing to load'):
+        convert.read_weights(str(tmp_path / 'evil.pth'))
+    assert not marker.exists()
 
 
 _NO_TORCH = '''
