@@ -35,10 +35,9 @@ def test_the_issue_s_tags_are_listed_with_their_configs():
     assert tags[:4] == ['se_resnet50.a1_in1k', 'se_resnet50.a2_in1k', 'se_resnet50.a3_in1k',
                         'se_resnet50.ra2_in1k']
     assert 'legacy_se_resnet50.in1k' in tags
-    assert list_pretrained('*se_resnext*') == [
+    assert list_pretrained('*se_resnext50*') == [
         'se_resnext50_32x4d.racm_in1k', 'se_resnext50_32x4d.gluon_in1k',
-        'se_resnext101_32x4d.gluon_in1k', 'legacy_se_resnext50_32x4d.in1k',
-        'legacy_se_resnext101_32x4d.in1k']
+        'legacy_se_resnext50_32x4d.in1k']
     ra2 = pretrained.weight_config('se_resnet50.ra2_in1k')
     assert (ra2.source, ra2.input_size, ra2.crop_pct, ra2.interpolation, ra2.test_input_size) == (
         'hf-hub:timm/seresnet50.ra2_in1k', 224, 0.875, 'bicubic', 288)
@@ -48,6 +47,32 @@ def test_the_issue_s_tags_are_listed_with_their_configs():
     assert len(ra2.label_names()) == 1000 and ra2.label_names()[0] == 'tench'
     cifar = pretrained.weight_config('se_resnet110_cifar.pytorchcv_cifar100')
     assert len(cifar.label_names()) == cifar.num_classes == 100
+
+
+# Issue 21: every SE weight timm 1.0.31 publishes for a ResNet-variant network.
+TIMM_SE = ['legacy_seresnet18.in1k', 'legacy_seresnet34.in1k', 'legacy_seresnet50.in1k',
+           'legacy_seresnet101.in1k', 'legacy_seresnet152.in1k', 'legacy_seresnext26_32x4d.in1k',
+           'legacy_seresnext50_32x4d.in1k', 'legacy_seresnext101_32x4d.in1k', 'legacy_senet154.in1k',
+           'senet154.gluon_in1k', 'seresnet50.a1_in1k', 'seresnet50.a2_in1k', 'seresnet50.a3_in1k',
+           'seresnet50.ra2_in1k', 'seresnet152d.ra2_in1k', 'seresnext26d_32x4d.bt_in1k',
+           'seresnext26t_32x4d.bt_in1k', 'seresnext50_32x4d.gluon_in1k', 'seresnext50_32x4d.racm_in1k',
+           'seresnext101_32x4d.gluon_in1k', 'seresnext101_32x8d.ah_in1k', 'seresnext101_64x4d.gluon_in1k',
+           'seresnext101d_32x8d.ah_in1k', 'seresnextaa101d_32x8d.ah_in1k', 'seresnextaa101d_32x8d.sw_in12k',
+           'seresnextaa101d_32x8d.sw_in12k_ft_in1k', 'seresnextaa101d_32x8d.sw_in12k_ft_in1k_288',
+           'seresnextaa201d_32x8d.sw_in12k', 'seresnextaa201d_32x8d.sw_in12k_ft_in1k_384']
+
+
+def test_every_timm_se_weight_has_its_tag():
+    from senet_jax.models import model_spec
+    by_timm_name = {f'{model_spec(w.model).reference}.{tag.split(".", 1)[1]}': (tag, w)
+                    for tag, w in pretrained.WEIGHTS.items()}
+    for timm_tag in TIMM_SE:
+        assert timm_tag in by_timm_name, timm_tag
+        tag, w = by_timm_name[timm_tag]
+        if not timm_tag.startswith('legacy_'):
+            assert w.source == 'hf-hub:timm/' + timm_tag
+    assert pretrained.weight_config('se_resnextaa201d_32x8d.sw_in12k').num_classes == 11821
+    assert len(pretrained.weight_config('se_resnextaa201d_32x8d.sw_in12k').label_names()) == 11821
 
 
 def test_model_names_hub_ids_and_tags_resolve():
