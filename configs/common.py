@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # the newest few, plus the best by eval top-1
     c.skip_nonfinite_steps = False  # True: skip NaN/Inf steps instead of stopping
     c.init_from = ''  # directory of converted weights (python -m senet_jax.convert)
+    # A resume refuses a config that changes the run (model, data, optimiser,
+    # schedule; docs/reliability.md lists what may change); True resumes anyway
+    # and logs each changed field.
+    c.allow_config_change = False
     return c
 
 
