@@ -49,6 +49,10 @@ MAY_CHANGE = frozenset({
     'dtype', 'half_precision', 'model_overrides.kernels', 'allow_config_change',
     'num_classes',  # compared as the data's class count instead (run identity)
 })
+# The run's length: it may change unless the schedule spans it (cosine decays
+# to 0 at the last step; a longer step, constant or plateau schedule repeats
+# the rates of the steps already trained and goes on).
+LENGTH = frozenset({'num_epochs', 'num_train_steps'})
 _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 
 
@@ -57,28 +61,32 @@ _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 
 
 class _Local:
-    """A lock file on a local or mounted file system: O_EXCL creation; the
-    takeover of a stale lock under flock, so two runs cannot both take it."""
+    """A lock file on a local or mounted file system. Each write is made
+    aside and then linked or renamed into place, so a reader never sees half
+    of one; the compare-and-replace steps run under flock."""
 
     def __init__(self, path: epath.Path):
         self.path = os.fspath(path)
 
-    def create(self, data: bytes) -> bool:
-        # Written aside, then hard-linked into place: the link fails if the
-        # lock exists, and a reader never sees a half-written one.
+    def _aside(self, data: bytes) -> str:
         tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
         with open(tmp, 'wb') as f:
             f.write(data)
+        return tmp
+
+    def create(self, data: bytes):
+        """The new version, or None if a lock exists."""
+        tmp = self._aside(data)
         try:
-            os.link(tmp, self.path)
+            os.link(tmp, self.path)  # fails if the lock exists
         except FileExistsError:
-            return False
+            return None
         finally:
             os.unlink(tmp)
-        return True
+        return data
 
     def read(self):
-        """(content, version) or (None, None) when there is no lock."""
+        """(content, version), or (None, None) when there is no lock."""
         try:
             with open(self.path, 'rb') as f:
                 data = f.read()
@@ -86,17 +94,23 @@ class _Local:
             return None, None
         return data, data
 
-    def overwrite(self, data: bytes):
-        tmp = f'{self.path}.{uuid.uuid4().hex}.tmp'
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, self.path)  # the lock never disappears meanwhile
-
-    def remove(self, version) -> bool:
-        """Removes the lock if it still is `version`; False if it changed."""
+    @contextlib.contextmanager
+    def _guard(self):
         import fcntl  # pylint: disable=g-import-not-at-top
         with open(self.path + '.guard', 'a') as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
+            yield
+
+    def replace(self, version, data: bytes):
+        """The new version, or None if the lock is no longer `version`."""
+        with self._guard():
+            if self.read()[1] != version:
+                return None
+            os.replace(self._aside(data), self.path)
+            return data
+
+    def remove(self, version) -> bool:
+        with self._guard():
             if self.read()[1] != version:
                 return False
             os.unlink(self.path)
@@ -104,35 +118,46 @@ class _Local:
 
 
 class _Gcs:
-    """A lock object on gs:// through gcsfs, with GCS's own preconditions:
-    created only if absent (ifGenerationMatch=0), removed only if still the
-    generation that was read."""
+    """A lock object on gs://, written with GCS's own precondition
+    (ifGenerationMatch: 0 to create only if absent, the generation read to
+    replace only what was read). gcsfs sends the same request for its
+    create-only writes (`pipe_file(mode='create')`) but has no API for a
+    generation other than 0."""
 
     def __init__(self, path: epath.Path):
         import gcsfs  # pylint: disable=g-import-not-at-top
         self.fs = gcsfs.GCSFileSystem()
         self.bucket, self.key, _ = self.fs.split_path(os.fspath(path))
 
-    def create(self, data: bytes) -> bool:
+    def _put(self, data: bytes, generation):
+        meta = json.dumps({'name': self.key})
+        body = (f'--==0==\nContent-Type: application/json; charset=UTF-8\n\n{meta}\n'
+                '--==0==\nContent-Type: application/json\n\n').encode()
         try:
-            self.fs.pipe_file(f'{self.bucket}/{self.key}', data, mode='create')
+            out = self.fs.call(
+                'POST', f'{self.fs._location}/upload/storage/v1/b/{self.bucket}/o',  # pylint: disable=protected-access
+                uploadType='multipart', ifGenerationMatch=str(generation),
+                headers={'Content-Type': 'multipart/related; boundary="==0=="'},
+                data=body + data + b'\n--==0==--', json_out=True)
         except FileExistsError:  # HTTP 412: the precondition failed
-            return False
-        return True
+            return None
+        return out['generation']
+
+    def create(self, data: bytes):
+        return self._put(data, 0)
 
     def read(self):
         try:
             meta = self.fs.call('GET', 'b/{}/o/{}', self.bucket, self.key,
                                 json_out=True)
-            generation = meta['generation']
             _, data = self.fs.call('GET', 'b/{}/o/{}', self.bucket, self.key,
-                                   alt='media', generation=generation)
+                                   alt='media', generation=meta['generation'])
         except FileNotFoundError:
             return None, None
-        return data, generation
+        return data, meta['generation']
 
-    def overwrite(self, data: bytes):
-        self.fs.pipe_file(f'{self.bucket}/{self.key}', data)
+    def replace(self, version, data: bytes):
+        return self._put(data, version)
 
     def remove(self, version) -> bool:
         try:
@@ -145,19 +170,20 @@ class _Gcs:
 
 class _Plain:
     """Any other storage etils.epath reaches (gs:// through TensorFlow's file
-    system): no precondition, so a create is write, wait, read back."""
+    system, when gcsfs is not installed): no precondition, so a create is
+    write, wait, read back, and a replace is read, compare, write."""
 
     SETTLE_S = 2.0
 
     def __init__(self, path: epath.Path):
         self.path = path
 
-    def create(self, data: bytes) -> bool:
+    def create(self, data: bytes):
         if self.path.exists():
-            return False
+            return None
         self.path.write_bytes(data)
         time.sleep(self.SETTLE_S)  # a run writing at the same moment wins or loses here
-        return self.read()[0] == data
+        return data if self.read()[0] == data else None
 
     def read(self):
         try:
@@ -166,8 +192,11 @@ class _Plain:
             return None, None
         return data, data
 
-    def overwrite(self, data: bytes):
+    def replace(self, version, data: bytes):
+        if self.read()[1] != version:
+            return None
         self.path.write_bytes(data)
+        return data
 
     def remove(self, version) -> bool:
         if self.read()[1] != version:
@@ -233,6 +262,13 @@ def stale_reason(holder: dict, now: float | None = None,
     return None
 
 
+def _parse(data) -> dict:
+    try:
+        return json.loads(data) if data else {}
+    except ValueError:
+        return {}
+
+
 def describe(holder: dict) -> str:
     return (f'host {holder.get("host")}, pid {holder.get("pid")}, started '
             f'{holder.get("started")}')
@@ -253,6 +289,7 @@ class WorkdirLock:
         self.primary = jax.process_index() == 0
         self.token = uuid.uuid4().hex
         self.record = None
+        self.version = None  # of the lock as this run last wrote it
         self.lost = None  # the reason, once another run has taken the lock
         self._stop = threading.Event()
         self._thread = None
@@ -303,15 +340,13 @@ class WorkdirLock:
 
     def _acquire(self):
         for _ in range(5):
-            if self.storage.create(self._new_record()):
+            self.version = self.storage.create(self._new_record())
+            if self.version is not None:
                 return
             data, version = self.storage.read()
             if data is None:
                 continue  # released meanwhile: try again
-            try:
-                holder = json.loads(data)
-            except ValueError:  # a torn write; the lease cannot be read
-                holder = {}
+            holder = _parse(data)
             why = stale_reason(holder)
             if why is None:
                 left = float(holder.get('lease_s', LEASE_S)) - (
@@ -321,24 +356,28 @@ class WorkdirLock:
                     f'({describe(holder)}); wait for it to finish, stop it, or use '
                     'another --workdir (if that run is gone, its lease expires '
                     f'in {max(left, 0):.0f} s)')
-            if self.storage.remove(version):
+            # Replaced only if it is still the stale lock that was read: of
+            # two runs taking it over at once, one wins.
+            self.version = self.storage.replace(version, self._new_record())
+            if self.version is not None:
                 logging.warning('taking over the workdir %s from a stale run (%s): %s',
                                 self.workdir, describe(holder), why)
+                return
         raise UserError(f'could not take the lock {self.path}: other runs keep '
                         'taking it; start one run per workdir')
 
     def _renew(self):
         while not self._stop.wait(self.renew_s):
             try:
-                data, _ = self.storage.read()
-                holder = json.loads(data) if data else {}
-                if holder.get('token') != self.token:
+                version = self.storage.replace(self.version, self._new_record())
+                if version is None:
+                    holder = _parse(self.storage.read()[0])
                     self.lost = (f'another run ({describe(holder)}) took over the '
                                  f'workdir {self.workdir}' if holder else
                                  f'the lock {self.path} was removed')
                     logging.error('%s; this run stops at its next checkpoint', self.lost)
                     return
-                self.storage.overwrite(self._new_record())
+                self.version = version
             except Exception as e:  # pylint: disable=broad-except
                 # Transient storage errors: the lease tolerates a few misses.
                 logging.warning('could not renew the lease %s: %s', self.path, e)
@@ -356,9 +395,7 @@ class WorkdirLock:
             self._thread = None
         if self.primary and self.record is not None and not self.lost:
             with contextlib.suppress(Exception):
-                data, version = self.storage.read()
-                if data and json.loads(data).get('token') == self.token:
-                    self.storage.remove(version)
+                self.storage.remove(self.version)  # only if still ours
             self.record = None
 
 
@@ -428,8 +465,11 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, object, object
         changes.append(('num_classes', saved.get('num_classes'),
                         current.get('num_classes')))
     old, new = _flatten(saved['config']), _flatten(current['config'])
+    may_change = MAY_CHANGE
+    if 'cosine' not in (old.get('lr_schedule'), new.get('lr_schedule')):
+        may_change = may_change | LENGTH
     for key, value in new.items():
-        if key in old and key not in MAY_CHANGE and old[key] != value:
+        if key in old and key not in may_change and old[key] != value:
             changes.append((key, old[key], value))
     return changes
 

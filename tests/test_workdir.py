@@ -116,7 +116,7 @@ def _identity(**changes):
     (dict(dataset='fake'), 'dataset'),
     ({'model_overrides.reduction': 8.0}, 'model_overrides.reduction'),
     (dict(learning_rate=0.2), 'learning_rate'),
-    (dict(num_epochs=30.0), 'num_epochs'),
+    (dict(num_epochs=30.0), 'num_epochs'),  # quickstart's cosine decay spans the run
     (dict(min_crop_area=0.5), 'min_crop_area'),
 ])
 def test_resume_refuses_a_change_that_changes_the_run(change, key):
@@ -143,6 +143,14 @@ def test_resume_names_every_changed_key():
 ])
 def test_resume_accepts_what_may_change(change):
     workdir_lib.check_resume(_identity(), _identity(**change), 'dir')
+
+
+def test_a_longer_run_resumes_unless_the_schedule_spans_it():
+    for schedule in ('step', 'constant', 'plateau'):
+        workdir_lib.check_resume(_identity(lr_schedule=schedule),
+                                 _identity(lr_schedule=schedule, num_train_steps=500), 'd')
+    with pytest.raises(UserError, match='num_train_steps=-1, .*num_train_steps=500'):
+        workdir_lib.check_resume(_identity(), _identity(num_train_steps=500), 'd')
 
 
 def test_allow_config_change_resumes_and_logs_the_change(caplog):
@@ -224,3 +232,42 @@ def test_non_image_files_are_skipped_and_counted(tmp_path, caplog):
     assert p.num_train_examples == 4 and p.class_names == ['cat', 'dog']
     assert f'skipped 3 file(s) that are not images' in caplog.text
     assert str(tmp_path / 'train') in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# What a user does to the workdir by hand.
+
+
+def test_read_only_workdir_is_one_sentence_before_anything_runs(tmp_path, monkeypatch):
+    from etils import epath
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, 'Permission denied', str(self))
+    # (Tests run as root here, for whom chmod does not take write access away.)
+    monkeypatch.setattr(type(epath.Path(tmp_path)), 'write_text', refuse)
+    with pytest.raises(UserError, match=rf'cannot write to the workdir {tmp_path} '
+                                        r'\(\[Errno 13\] Permission denied'):
+        workdir_lib.WorkdirLock(tmp_path).__enter__()
+    assert not (tmp_path / workdir_lib.LOCK).exists()
+
+
+def test_hand_deleted_newest_checkpoint_resumes_from_the_one_before(tmp_path):
+    import shutil
+
+    import jax
+    from senet_jax import checkpoint
+    ckpts = checkpoint.Checkpoints(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2, 3):
+        ckpts.save(step, {'w': np.full(3, step, np.float32)}, {'model': 'm'})
+    ckpts.close()
+    shutil.rmtree(tmp_path / 'checkpoints' / '3')  # all of it
+    for f in (tmp_path / 'checkpoints' / '2' / 'state').rglob('*'):
+        if f.is_file():
+            f.unlink()  # part of it
+    ckpts = checkpoint.Checkpoints(str(tmp_path), keep=3, async_save=False)
+    state, step = ckpts.restore_latest({'w': jax.ShapeDtypeStruct((3,), np.float32)},
+                                       {'model': 'm'})
+    ckpts.close()
+    assert step == 1 and np.all(np.asarray(state['w']) == 1)
+    assert [p.name.split('-')[0] for p in (tmp_path / 'corrupt_checkpoints').iterdir()
+            if not p.name.endswith('.txt')] == ['2']
