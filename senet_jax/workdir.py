@@ -295,7 +295,7 @@ class WorkdirLock:
         self._thread = None
 
     def __enter__(self):
-        prepare_workdir(self.workdir)
+        _prepare_everywhere(self.workdir)
         verdict = ''
         if self.primary:
             self.storage = _storage(self.path)
@@ -397,6 +397,23 @@ class WorkdirLock:
             with contextlib.suppress(Exception):
                 self.storage.remove(self.version)  # only if still ours
             self.record = None
+
+
+def _prepare_everywhere(workdir):
+    """prepare_workdir on every process; if one cannot write, all stop."""
+    try:
+        prepare_workdir(workdir)
+        problem = None
+    except UserError as e:
+        problem = str(e)
+    if jax.process_count() > 1:
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None)))
+        if failed.any() and problem is None:
+            problem = (f'process(es) {[int(p) for p in np.flatnonzero(failed)]} of '
+                       f'{jax.process_count()} cannot write to the workdir {workdir}; '
+                       'their own error line says why')
+    if problem:
+        raise UserError(problem)
 
 
 def _from_process_0(message: str) -> str:
