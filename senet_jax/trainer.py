@@ -5,6 +5,8 @@ sharding.py): the batch is sharded, parameters and optimizer state replicated,
 one `jax.jit` per step (the steps themselves are in steps.py). The loop reads
 as its story:
 
+  (the workdir)    one run per workdir: a lock held for the whole run, see
+                   workdir.py, which also checks what a resume must match
   setup            config, mesh, data, model (built once), compiled steps
   evaluate_only    num_train_steps=0: the init_from weights, no checkpoints
   restore_or_init  the newest readable checkpoint, else fresh (or init_from)

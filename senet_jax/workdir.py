@@ -53,6 +53,7 @@ MAY_CHANGE = frozenset({
 # to 0 at the last step; a longer step, constant or plateau schedule repeats
 # the rates of the steps already trained and goes on).
 LENGTH = frozenset({'num_epochs', 'num_train_steps'})
+_FIRST = ('model', 'num_classes', 'dataset')
 _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 
 
@@ -488,7 +489,9 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, object, object
     for key, value in new.items():
         if key in old and key not in may_change and old[key] != value:
             changes.append((key, old[key], value))
-    return changes
+    # The fields that make it another network or another dataset first.
+    return sorted(changes, key=lambda c: (_FIRST.index(c[0]) if c[0] in _FIRST
+                                          else len(_FIRST), c[0]))
 
 
 def check_resume(saved: dict, current: dict, directory, allow: bool = False):

@@ -132,8 +132,9 @@ def test_resume_refuses_a_change_that_changes_the_run(change, key):
 
 def test_resume_names_every_changed_key():
     changes = workdir_lib.config_changes(
-        _identity(), _identity(image_size=24, learning_rate=0.2))
-    assert sorted(changes) == [('image_size', 16, 24), ('learning_rate', 0.1, 0.2)]
+        _identity(), _identity(image_size=24, learning_rate=0.2, model='resnet_mini'))
+    assert changes == [('model', 'se_resnet_mini', 'resnet_mini'), ('image_size', 16, 24),
+                       ('learning_rate', 0.1, 0.2)]
 
 
 @pytest.mark.parametrize('change', [

@@ -119,6 +119,7 @@ def test_two_processes_with_different_workdirs_stop_naming_the_cause(tmp_path):
             '[1] of 2 cannot see the lock process 0 wrote there;'), err[-2000:]
         assert 'step 10/' not in err
     assert not (tmp_path / 'host0' / 'run.lock').exists()  # process 0 let it go
+    assert not (tmp_path / 'host1' / 'run.lock').exists()  # the job locks once, on process 0
 
 
 def test_lock_on_gcs_uses_the_storage_precondition(gcs, caplog):  # noqa: F811
