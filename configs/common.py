@@ -97,6 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
     # weight's tag (`senet_jax.list_pretrained()`), downloaded and cached once.
     c.init_from = ''
     c.max_eval_batches = 0  # > 0: evaluate on the first N batches only (a quick look)
+    # A resume refuses a config that changes the run (model, data, optimiser,
+    # schedule; docs/reliability.md lists what may change); True resumes anyway
+    # and logs each changed field.
+    c.allow_config_change = False
     return c
 
 

@@ -114,14 +114,17 @@ class Checkpoints:
         return self.manager.restore(
             step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-    def restore_latest(self, abstract_state: Any, meta: dict):
+    def restore_latest(self, abstract_state: Any, meta: dict, check=None):
         """(state, step) of the newest restorable checkpoint, or None if none exist.
 
         `abstract_state` carries the target shardings (jax.ShapeDtypeStruct with
         .sharding), so arrays land directly on the current mesh, whatever mesh
         saved them. Raises UserError for a workdir of an incompatible config or
-        one whose checkpoints are all unreadable.
+        one whose checkpoints are all unreadable. `check(saved_meta, meta,
+        directory)` decides whether a checkpoint belongs to this run
+        (default: `check_identity`; the trainer's is workdir.check_resume).
         """
+        check = check or check_identity
         steps = self.all_steps()
         if not steps:
             return None
@@ -131,7 +134,7 @@ class Checkpoints:
             except Exception as e:  # pylint: disable=broad-except
                 self._set_aside(step, e)
                 continue
-            check_identity(saved_meta, meta, self.directory)
+            check(saved_meta, meta, self.directory)
             try:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(

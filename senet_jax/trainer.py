@@ -5,6 +5,8 @@ sharding.py): the batch is sharded, parameters and optimizer state replicated,
 one `jax.jit` per step (the steps themselves are in steps.py). The loop reads
 as its story:
 
+  (the workdir)    one run per workdir: a lock held for the whole run, see
+                   workdir.py, which also checks what a resume must match
   setup            config, mesh, data, model (built once), compiled steps
   evaluate_only    num_train_steps=0: the init_from weights, no checkpoints
   restore_or_init  the newest readable checkpoint, else fresh (or init_from)
@@ -40,6 +42,7 @@ from senet_jax import checkpoint as checkpoint_lib
 from senet_jax import data as data_lib
 from senet_jax import precision
 from senet_jax import sharding as sharding_lib
+from senet_jax import workdir as workdir_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
@@ -222,9 +225,9 @@ def setup(config, workdir: str) -> Run:
 
 
 def run_identity(config, num_classes: int) -> dict:
-    """What a checkpoint records of its run; checkpoint.IDENTITY_FIELDS of it
-    must match to resume. The compute dtype and `kernels` (how the layers
-    compute, not what) are deliberately not in it."""
+    """What a checkpoint records of its run: the whole config, and the data's
+    class count. A resume must match it but for workdir.MAY_CHANGE (the
+    compute dtype and `kernels`, how the layers compute, are among those)."""
     overrides = (config.get('model_overrides') or ml_collections.ConfigDict()).to_dict()
     overrides.pop('kernels', None)
     return {
@@ -232,6 +235,7 @@ def run_identity(config, num_classes: int) -> dict:
         'model_overrides': json.loads(json.dumps(overrides, default=str)),
         'dataset': config.dataset, 'batch_size': config.batch_size,
         'image_size': config.image_size, 'seed': config.seed,
+        'config': json.loads(json.dumps(config.to_dict(), default=str)),
     }
 
 
@@ -261,7 +265,10 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         checkpointed(jax.eval_shape(run.steps.init, run.init_rng)))
-    restored = ckpts.restore_latest(abstract, run.identity)
+    allow = bool(run.config.get('allow_config_change', False))
+    restored = ckpts.restore_latest(
+        abstract, run.identity,
+        check=functools.partial(workdir_lib.check_resume, allow=allow))
     if restored is None:
         return fresh_state(run)
     state, step = restored
@@ -381,8 +388,9 @@ class StepMetrics:
             raise NonFiniteLossError(
                 f'non-finite loss or gradient at step {bad[0]}; stopped, keeping '
                 f'the checkpoints of finite steps in {self.ckpts.directory} '
-                f'(newest: {self.ckpts.latest_step()}); lower learning_rate or '
-                'set skip_nonfinite_steps=True')
+                f'(newest: {self.ckpts.latest_step()}); set '
+                'skip_nonfinite_steps=True, or lower learning_rate (with '
+                'allow_config_change=True to resume)')
         if bad:
             self.skipped += len(bad)
             logging.warning('skipped %d non-finite step(s) (%s); %d so far',
@@ -549,12 +557,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from workdir when it holds checkpoints) and evaluates.
 
     Returns the last eval metrics (empty dict when a finished run is rerun).
+    One run per workdir: another one holding it is a UserError.
     """
+    validate_config(config)
+    with workdir_lib.WorkdirLock(workdir) as lock:
+        return _train_and_evaluate(config, workdir, lock)
+
+
+def _train_and_evaluate(config, workdir: str, lock) -> dict:
     run = setup(config, workdir)
     if run.total_steps == 0:
         return evaluate_only(run)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
     try:
+        workdir_lib.check_class_list(workdir, run.pipeline.class_names,
+                                     resuming=ckpts.latest_step() is not None,
+                                     allow=config.get('allow_config_change', False))
         state = restore_or_init(run, ckpts)
         start_step = int(jax.device_get(state.step))
         if start_step >= run.total_steps:
@@ -564,7 +582,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log_start(run)
         metrics_log = MetricsLog(workdir)
         try:
-            return train(run, state, start_step, ckpts, metrics_log)
+            return train(run, state, start_step, ckpts, metrics_log,
+                         guard=lock.check)
         finally:
             metrics_log.close()
     finally:
@@ -583,9 +602,11 @@ def log_start(run: Run):
                  run.mesh.devices.size, jax.process_count())
 
 
-def train(run: Run, state, start_step: int, ckpts, metrics_log) -> dict:
+def train(run: Run, state, start_step: int, ckpts, metrics_log,
+          guard=lambda: None) -> dict:
     """Steps start_step+1 .. total_steps with their periodic work; returns the
-    last eval metrics. Raises Preempted after saving an agreed SIGTERM step."""
+    last eval metrics. Raises Preempted after saving an agreed SIGTERM step.
+    `guard()` runs before each save (the workdir lock's check)."""
     config = run.config
     progress = ProgressLog(metrics_log, run.total_steps, config.batch_size,
                            config.skip_nonfinite_steps)
@@ -606,6 +627,8 @@ def train(run: Run, state, start_step: int, ckpts, metrics_log) -> dict:
                 metrics.fetch(step)  # never checkpoint past a non-finite step
             if stop or log_now:
                 progress.write(step, metrics)
+            if stop or ckpt_now:
+                guard()
             if stop:
                 ckpts.save(step, checkpointed(state), run.identity)
                 ckpts.wait()

@@ -11,7 +11,7 @@ FLOORS = [
     {'layers'},
     {'cpu_kernels'},
     {'xla_cpu', 'models', 'data', 'checkpoint', 'precision'},
-    {'steps', 'metrics_log', 'convert', 'nnx'},
+    {'steps', 'metrics_log', 'convert', 'nnx', 'workdir'},
     {'pretrained'},
     {'trainer'},
     {'analysis', 'benchmark', 'predict'},

@@ -122,7 +122,8 @@ def test_a_run_resumes_under_another_form(tmp_path):
     every = ('--config.checkpoint_every_steps=2', '--config.log_every_steps=2')
     tu.run(workdir, '--config.num_train_steps=2', '--config.eval_every_steps=2', *every)
     proc = tu.run(workdir, '--config.num_train_steps=4', '--config.eval_every_steps=4', *every,
-                  '--config.model_overrides.kernels=plain')
+                  '--config.model_overrides.kernels=plain',
+                  '--config.allow_config_change=True')  # longer: the cosine decay changes
     assert 'resumed from checkpoint step 2' in proc.stderr
     assert tu.checkpoint_steps(workdir)[-1] == 4
 

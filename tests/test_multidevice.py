@@ -204,6 +204,7 @@ def test_a_lost_process_stops_the_other_in_one_line_and_both_resume(tmp_path):
     assert last.startswith('error: lost process 1 of 2'), err[-3000:]
     newest = tu.checkpoint_steps(workdir)[-1]
     procs = _two_processes(workdir, f'--config.num_train_steps={newest + 2}',
+                           '--config.allow_config_change=True',  # a shorter run
                            '--config.checkpoint_every_steps=5',
                            '--config.log_every_steps=5', '--config.batch_size=32')
     outs = _finish(procs, timeout=600)

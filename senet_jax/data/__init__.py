@@ -74,7 +74,8 @@ def create_input_pipeline(config, process_index: int = 0,
         num_eval_batches=(source.num_eval_batches or
                           shard.num_eval_batches(source.num_eval_examples)),
         train_batches=source.train_batches,
-        eval_batches=source.eval_batches)
+        eval_batches=source.eval_batches,
+        class_names=source.class_names)
 
 
 def __getattr__(name):

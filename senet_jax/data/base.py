@@ -16,6 +16,9 @@ class Source(abc.ABC):
     num_eval_examples: int
     # Set where the process's eval slice is not cut by indexing.eval_index_batches.
     num_eval_batches: int | None = None
+    # The class names by label, where the source has them (an image folder's
+    # folders); kept in the workdir so that a resume sees the same labels.
+    class_names: list[str] | None = None
 
     @abc.abstractmethod
     def train_batches(self, start_step: int) -> Iterator[dict]:
@@ -37,3 +40,4 @@ class InputPipeline:
     # train_batches(start_step) -> iterator over steps start_step, start_step+1...
     train_batches: Callable[[int], Iterator[dict]]
     eval_batches: Callable[[], Iterator[dict]]
+    class_names: list[str] | None = None

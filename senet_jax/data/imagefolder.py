@@ -30,11 +30,14 @@ def _has_image_header(path: epath.Path) -> bool:
         return f.read(16).startswith(_MAGIC)
 
 
-def list_image_folder(root, classes=None):
+def list_image_folder(root, classes=None, require_all=False):
     """(paths, labels, classes, corrupt_paths) of an ImageFolder split.
 
     Local files are checked by their first bytes; remote ones are not (one
-    request per file), a bad one is named when it fails to decode.
+    request per file), a bad one is named when it fails to decode. Files
+    without an image extension are skipped and counted in the log. With
+    `require_all` (the train split), a class folder without a readable image
+    is an error: it would be a class the model can never learn.
     """
     root = epath.Path(root)
     if not root.is_dir():
@@ -48,19 +51,33 @@ def list_image_folder(root, classes=None):
     if extra:
         raise UserError(f'{root} has classes {extra} that the train split lacks')
     check = _is_local(root)
-    paths, labels, corrupt = [], [], []
+    paths, labels, corrupt, other, empty = [], [], [], [], []
     for label, name in enumerate(classes):
         class_dir = root / name
         if not class_dir.is_dir():
             continue
+        before = len(paths)
         for path in sorted(class_dir.iterdir(), key=lambda p: p.name):
             if not path.name.lower().endswith(IMAGE_EXTENSIONS):
+                other.append(os.fspath(path))
                 continue
             if check and not _has_image_header(path):
                 corrupt.append(os.fspath(path))
                 continue
             paths.append(os.fspath(path))
             labels.append(label)
+        if len(paths) == before:
+            empty.append(name)
+    if other:
+        logging.warning('skipped %d file(s) that are not images (%s) in %s, '
+                        'e.g. %s', len(other), ', '.join(IMAGE_EXTENSIONS), root,
+                        other[:_NUM_LOGGED_CORRUPT])
+    if require_all and empty and paths:
+        raise UserError(
+            f'{len(empty)} class folder(s) in {root} hold no readable images: '
+            f'{", ".join(str(root / n) for n in empty[:5])}'
+            f'{" ..." if len(empty) > 5 else ""}; add images or remove the '
+            'folder (an empty class could never be learned)')
     if not paths:
         raise UserError(f'image folder {root} holds no readable images '
                         f'({", ".join(IMAGE_EXTENSIONS)})')
@@ -120,12 +137,14 @@ class ImageFolderSource(Source):
         if self.eval_dir is None:
             raise UserError(f'image folder {config.data_dir} has no val/ or '
                             'validation/ subfolder')
-        tr_paths, self.train_labels, classes, bad = list_image_folder(self.train_dir)
+        tr_paths, self.train_labels, classes, bad = list_image_folder(
+            self.train_dir, require_all=True)
         _log_corrupt(self.train_dir, bad)
         ev_paths, self.eval_labels, _, bad = list_image_folder(self.eval_dir, classes)
         _log_corrupt(self.eval_dir, bad)
         self.train_paths, self.eval_paths = np.asarray(tr_paths), np.asarray(ev_paths)
         self.num_classes = len(classes)
+        self.class_names = list(classes)
         self.num_train_examples, self.num_eval_examples = len(tr_paths), len(ev_paths)
         self.steps_per_epoch = shard.steps_per_epoch(self.num_train_examples,
                                                      'imagefolder')
