@@ -29,8 +29,9 @@ config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# Exit status after SIGTERM: the run is not finished, rerun to continue.
-EXIT_PREEMPTED = 143
+# Exit status after Ctrl-C at once (128 + SIGINT); after a SIGTERM or a first
+# Ctrl-C, Preempted.exit_status (143 or 130): the run is not finished.
+EXIT_INTERRUPTED = 130
 
 
 def _cluster_detected() -> bool:
@@ -120,11 +121,19 @@ def main(argv):
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
-    except Preempted as e:
+    except Preempted as e:  # SIGTERM, or a first Ctrl-C (Interrupted): saved
         if watch:
             watch.done()
         print(str(e), file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:
+        # A Ctrl-C before training began, or a second one during the save: at
+        # once, without waiting for the save in flight (Orbax never lists a
+        # half-written checkpoint).
+        print('stopped by Ctrl-C at once; the checkpoints saved before are kept '
+              '(a half-written one is never used); rerun to go on',
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
     except Exception as e:  # pylint: disable=broad-except
         # A collective that failed because a peer died: name the peer instead.
         if watch and type(e).__name__ == 'JaxRuntimeError':

@@ -39,6 +39,7 @@ import optax
 
 from senet_jax import xla_cpu
 from senet_jax.checkpoint import user_path
+from senet_jax.errors import WriteFailed, write_error_kind
 from senet_jax.models import create_model, input_format, normalize_images, set_overrides
 
 CRITERIA = ('se_gate', 'l1_weight', 'random')
@@ -526,10 +527,31 @@ def main(argv=None):
     print('Held-out top-1 after pruning a fraction of every SE block\'s channels:')
     print(format_pruning_table(rows))
     if args.png:
-        with user_path(args.png).open('wb') as f:  # local or gs://
-            plot_gate_curves(stats, f)
+        try:
+            write_figure(stats, args.png)
+        except WriteFailed as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 1
         print(f'\nwrote {args.png}')
     return 0
+
+
+def write_figure(stats, path):
+    """plot_gate_curves into `path` (local or gs://), whole or not at all: a
+    failed write (full disk, permission) removes the partial file and raises
+    WriteFailed."""
+    path = user_path(path)
+    try:
+        with path.open('wb') as f:
+            plot_gate_curves(stats, f)
+    except Exception as e:  # pylint: disable=broad-except
+        if not isinstance(e, OSError) and write_error_kind(e) is None:
+            raise
+        try:
+            path.unlink(missing_ok=True)
+        except Exception:  # pylint: disable=broad-except
+            pass
+        raise WriteFailed('the figure', path, e, kept='no partial file is left') from None
 
 
 if __name__ == '__main__':

@@ -11,24 +11,33 @@ flush); staging keeps one tested path for every gs:// client and puts each
 record in the bucket as soon as it is logged, so TensorBoard pointed at the
 workdir follows the run. An existing metrics.jsonl is downloaded first, so a
 resumed run continues it.
+
+A line is appended whole or not at all: a write that fails (full disk, I/O
+error) is cut back to the previous line and raises WriteFailed, and a line
+cut off by a killed run is dropped when the next run opens the file, with the
+lines of the steps after the checkpoint it resumes from (they are redone).
 """
 
 import json
+import os
 import shutil
 import tempfile
 
 import jax
+from absl import logging
 from clu import metric_writers
 from etils import epath
 
 from senet_jax.checkpoint import is_remote, user_path
+from senet_jax.errors import WriteFailed, write_error_kind
 
 JSONL = 'metrics.jsonl'
 
 
 class MetricsLog:
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, after_step: int | None = None):
+        """`after_step`: the step a resumed run starts from (see cut_back)."""
         self.primary = jax.process_index() == 0
         self.workdir = user_path(workdir)
         self.writer = None
@@ -42,6 +51,7 @@ class MetricsLog:
             if (self.workdir / JSONL).exists():
                 (self.local / JSONL).write_bytes(
                     (self.workdir / JSONL).read_bytes())
+        cut_back(str(self.local / JSONL), after_step)
         self._uploaded = {}  # file name -> size last uploaded
         # The console line is ours (see the loop); clu writes TensorBoard events.
         self.writer = metric_writers.AsyncWriter(
@@ -51,8 +61,12 @@ class MetricsLog:
         if not self.primary:
             return
         self.writer.write_scalars(step, scalars)
-        with (self.local / JSONL).open('a') as f:
-            f.write(json.dumps({'step': step, **scalars}) + '\n')
+        line = json.dumps({'step': step, **scalars}) + '\n'
+        try:
+            append_whole(str(self.local / JSONL), line.encode())
+        except OSError as e:
+            raise WriteFailed('metrics', self.workdir / JSONL, e,
+                              kept='it keeps every line written before') from None
         if self.staging is not None:
             self.writer.flush()
             self._upload()
@@ -62,15 +76,76 @@ class MetricsLog:
         for path in self.local.iterdir():
             size = path.stat().length if path.is_file() else None
             if size is not None and self._uploaded.get(path.name) != size:
-                (self.workdir / path.name).write_bytes(path.read_bytes())
+                try:
+                    (self.workdir / path.name).write_bytes(path.read_bytes())
+                except Exception as e:  # pylint: disable=broad-except
+                    if write_error_kind(e) is None:
+                        raise
+                    raise WriteFailed('metrics', self.workdir / path.name, e,
+                                      kept='the copy in the bucket keeps its '
+                                      'earlier lines') from None
                 self._uploaded[path.name] = size
 
     def close(self):
         if self.writer is None:
             return
-        self.writer.flush()
-        self.writer.close()
-        self.writer = None
+        writer, self.writer = self.writer, None
+        try:
+            writer.flush()
+            writer.close()
+        except Exception as e:  # pylint: disable=broad-except
+            if write_error_kind(e) is None:
+                raise
+            logging.warning('the TensorBoard events in %s could not be written: '
+                            '%s', self.local, e)
         if self.staging is not None:
             self._upload()
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def append_whole(path: str, data: bytes):
+    """Appends `data` to the local file `path`, or, if a write fails half-way,
+    cuts the file back to its previous end and raises the OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def cut_back(path: str, after_step: int | None):
+    """Drops a last line without its newline (a run killed mid-write) and,
+    for a resume from `after_step`, the lines of later steps: that work is
+    redone, and its lines written again. Lines are in step order (each run
+    cuts back first), so this is one truncate, which needs no free space."""
+    try:
+        with open(path, 'rb+') as f:
+            data = f.read()
+            keep = data.rfind(b'\n') + 1
+            if keep != len(data):
+                logging.warning('%s ended in a cut-off line; dropping it', path)
+            if after_step is not None:
+                offset = 0
+                for line in data[:keep].splitlines(keepends=True):
+                    try:
+                        step = json.loads(line).get('step', 0)
+                    except ValueError:  # not a line of ours (a damaged file)
+                        step = after_step + 1
+                    if step > after_step:
+                        keep = offset
+                        logging.info('%s: dropping the lines after step %d, '
+                                     'the step this run resumes from', path,
+                                     after_step)
+                        break
+                    offset += len(line)
+            if keep != len(data):
+                f.truncate(keep)
+    except FileNotFoundError:
+        pass

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
@@ -89,6 +90,16 @@ def _global_arrays(tree: Any, sharding: NamedSharding) -> Any:
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
+def all_processes(value: int) -> list[int]:
+    """`value` of every process, in process order (a collective: every process
+    must call it). One process: [value]."""
+    if jax.process_count() == 1:
+        return [int(value)]
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    gathered = multihost_utils.process_allgather(np.int32(value))
+    return [int(v) for v in np.asarray(gathered).reshape(-1)]
+
+
 class PeerWatch:
     """Stops this process, in one line, when another process of the run is lost.
 
@@ -96,27 +107,41 @@ class PeerWatch:
     then aborts with a crash dump, while the survivors may sit in a collective
     that never completes. Here every process posts a counter to the
     coordination service's key-value store every `interval_s` seconds and reads
-    the others'; a counter that has not moved for `timeout_s` (or a
-    coordination service that no longer answers) names the lost process,
-    `on_lost(message)` is called and the process exits with status 1. A
-    process that ends normally says so first (`done()`), so its silence
-    afterwards is not a loss.
+    the others'; a counter that has not moved for `timeout_s`, or a
+    coordination service that has not answered for `timeout_s` (one failed
+    call is retried at the next beat: a transient RPC error is no loss), names
+    the lost process, `on_lost(message)` is called and the process exits with
+    status 1. A process that ends normally says so first (`done()`), so its
+    silence afterwards is not a loss.
+
+    The key-value store is reached through jax's private
+    `jax._src.distributed.global_state.client` (tested with the jax versions
+    pyproject.toml allows). Where it is missing, a warning is logged and
+    jax.distributed's own heartbeat timeout is left to act.
     """
 
     PREFIX = 'senet_jax/peer_watch'
 
-    def __init__(self, on_lost, interval_s: float = 5.0, timeout_s: float = 60.0):
-        from jax._src import distributed  # pylint: disable=g-import-not-at-top
-        self.client = distributed.global_state.client
+    def __init__(self, on_lost, interval_s: float = 5.0, timeout_s: float = 60.0,
+                 client=None, exit_fn=os._exit):  # pylint: disable=protected-access
+        self.client = client if client is not None else _coordination_client()
         self.on_lost, self.interval_s, self.timeout_s = on_lost, interval_s, timeout_s
+        self.exit_fn = exit_fn
         self.me, self.count = jax.process_index(), jax.process_count()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name='peer_watch')
+        if self.client is None:
+            logging.warning('PeerWatch: jax.distributed exposes no key-value client '
+                            'here (jax %s); a lost process is left to '
+                            "jax.distributed's own heartbeat timeout", jax.__version__)
+            return
         self._thread.start()
 
     def done(self):
         self._stop.set()
+        if self.client is None:
+            return
         try:
             self.client.key_value_set(f'{self.PREFIX}/done/{self.me}', '1',
                                       allow_overwrite=True)
@@ -126,23 +151,35 @@ class PeerWatch:
     def settle(self):
         """After a failed collective: waits until a lost process would have
         been named (and this one stopped); returns if every process is alive."""
-        self._thread.join(self.timeout_s + 2 * self.interval_s)
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 2 * self.interval_s)
+
+    def _beat(self, beat: int) -> dict:
+        self.client.key_value_set(f'{self.PREFIX}/alive/{self.me}', str(beat),
+                                  allow_overwrite=True)
+        return {k.rsplit(self.PREFIX + '/', 1)[-1]: v for k, v in
+                self.client.key_value_dir_get(self.PREFIX)}
 
     def _run(self):
         seen = {p: (None, time.monotonic()) for p in range(self.count)
                 if p != self.me}
-        beat = 0
+        beat, failing_since = 0, None
         while not self._stop.wait(self.interval_s if beat else 0):
             beat += 1
             try:
-                self.client.key_value_set(f'{self.PREFIX}/alive/{self.me}',
-                                          str(beat), allow_overwrite=True)
-                values = {k.rsplit(self.PREFIX + '/', 1)[-1]: v for k, v in
-                          self.client.key_value_dir_get(self.PREFIX)}
+                values = self._beat(beat)
+                failing_since = None
             except Exception as e:  # pylint: disable=broad-except
+                now = time.monotonic()
+                failing_since = failing_since or now
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+                if now - failing_since < self.timeout_s:
+                    logging.warning('PeerWatch: the coordination service did not '
+                                    'answer (%s); retrying', first[:120])
+                    continue
                 return self._lost(0, f'the coordination service on process 0 '
-                                  f'stopped answering ({first[:120]})')
+                                  f'stopped answering for {self.timeout_s:.0f} s '
+                                  f'({first[:120]})')
             now = time.monotonic()
             for p, (last, since) in seen.items():
                 if f'done/{p}' in values:
@@ -159,4 +196,14 @@ class PeerWatch:
         self.on_lost(f'lost process {process} of {self.count} ({why}); stopping '
                      'this one too: rerun every process with the same command to '
                      'resume from the newest checkpoint')
-        os._exit(1)  # pylint: disable=protected-access
+        self.exit_fn(1)
+
+
+def _coordination_client():
+    """jax.distributed's key-value client (private API), or None if this jax
+    has none where we look."""
+    try:
+        from jax._src import distributed  # pylint: disable=g-import-not-at-top
+        return distributed.global_state.client
+    except (ImportError, AttributeError):
+        return None

@@ -26,6 +26,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -44,7 +45,7 @@ from senet_jax import precision
 from senet_jax import sharding as sharding_lib
 from senet_jax import workdir as workdir_lib
 from senet_jax import xla_cpu
-from senet_jax.errors import NonFiniteLossError, Preempted, UserError
+from senet_jax.errors import Interrupted, NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import IMAGENET, InputFormat, create_model, min_input_size, model_spec, set_overrides
 from senet_jax.steps import (DynamicScale, TrainState, create_learning_rate_fn,  # noqa: F401
@@ -259,6 +260,13 @@ def checkpointed(state: TrainState) -> TrainState:
     return state.replace(loss_scale=None)
 
 
+# TrainState fields that checkpoints of an older version may lack: such a
+# checkpoint restores with them None, for restore_or_init to fill (loss_scale:
+# a fresh scale under float16), where any other change of the state's
+# structure stops the run (checkpoint.structure_difference).
+MAY_BE_ABSENT = ('loss_scale',)
+
+
 def restore_or_init(run: Run, ckpts) -> TrainState:
     """The newest readable checkpoint's state, or a fresh one if there is none."""
     replicated = sharding_lib.replicated(run.mesh)
@@ -267,7 +275,7 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
         checkpointed(jax.eval_shape(run.steps.init, run.init_rng)))
     allow = bool(run.config.get('allow_config_change', False))
     restored = ckpts.restore_latest(
-        abstract, run.identity,
+        abstract, run.identity, MAY_BE_ABSENT,
         check=functools.partial(workdir_lib.check_resume, allow=allow))
     if restored is None:
         return fresh_state(run)
@@ -464,28 +472,47 @@ class Schedule:
 
 
 class Preemption:
-    """At each step: has a SIGTERM asked every process to stop here?
+    """At each step: has a SIGTERM or a Ctrl-C asked every process to stop here?
 
     Several processes: jax.distributed's preemption service catches SIGTERM on
     any of them and the coordination service picks the step all stop at
-    (`reached_preemption_sync_point`), with no collective in the steady state.
-    One process: the SIGTERM handler sets a flag (handlers can only be set
-    from the main thread).
+    (`reached_preemption_sync_point`), with no collective in the steady state;
+    a Ctrl-C is handed to it as a SIGTERM of this process. One process: the
+    handlers set a flag (handlers can only be set from the main thread).
+
+    The first Ctrl-C (SIGINT) is a request like SIGTERM: the loop saves the
+    step and stops. A second one raises KeyboardInterrupt at once, wherever
+    the main thread is (in the save, too). The previous handlers come back on
+    exit, so a notebook's kernel keeps its own.
     """
 
     def __enter__(self):
-        self.flag, self.previous, self.installed = [], None, False
+        self.flag, self.previous = [], {}
         self.several = jax.process_count() > 1
-        if not self.several and (threading.current_thread()
-                                 is threading.main_thread()):
-            self.previous = signal.signal(signal.SIGTERM,
-                                          lambda *_: self.flag.append(True))
-            self.installed = True
+        if threading.current_thread() is threading.main_thread():
+            if not self.several:
+                self.previous[signal.SIGTERM] = signal.signal(
+                    signal.SIGTERM, lambda *_: self.flag.append('SIGTERM'))
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT,
+                                                         self._interrupt)
         return self
 
     def __exit__(self, *exc):
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _interrupt(self, *_):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.flag.append('Ctrl-C')
+        logging.warning('Ctrl-C: finishing this step and saving a checkpoint of '
+                        'it; press Ctrl-C again to stop at once')
+        if self.several:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    @property
+    def interrupted(self) -> bool:
+        return 'Ctrl-C' in self.flag
 
     def reached(self, step: int) -> bool:
         if self.several:
@@ -558,6 +585,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Returns the last eval metrics (empty dict when a finished run is rerun).
     One run per workdir: another one holding it is a UserError.
+    Raises Preempted (SIGTERM) or Interrupted (a first Ctrl-C) after saving
+    the step it stopped at, KeyboardInterrupt at once on a second Ctrl-C,
+    WriteFailed when a checkpoint or metrics.jsonl cannot be written.
     """
     validate_config(config)
     with workdir_lib.WorkdirLock(workdir) as lock:
@@ -569,6 +599,7 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict:
     if run.total_steps == 0:
         return evaluate_only(run)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+    at_once = False  # a second Ctrl-C: no waiting for the save in flight
     try:
         workdir_lib.check_class_list(workdir, run.pipeline.class_names,
                                      resuming=ckpts.latest_step() is not None,
@@ -580,15 +611,19 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict:
                          start_step, run.total_steps, workdir)
             return {}
         log_start(run)
-        metrics_log = MetricsLog(workdir)
+        metrics_log = MetricsLog(workdir, after_step=start_step)
         try:
             return train(run, state, start_step, ckpts, metrics_log,
                          guard=lock.check)
         finally:
             metrics_log.close()
+    except KeyboardInterrupt:
+        at_once = True
+        raise
     finally:
-        ckpts.wait()
-        ckpts.close()
+        if not at_once:
+            ckpts.wait()
+            ckpts.close()
 
 
 def log_start(run: Run):
@@ -605,8 +640,9 @@ def log_start(run: Run):
 def train(run: Run, state, start_step: int, ckpts, metrics_log,
           guard=lambda: None) -> dict:
     """Steps start_step+1 .. total_steps with their periodic work; returns the
-    last eval metrics. Raises Preempted after saving an agreed SIGTERM step.
-    `guard()` runs before each save (the workdir lock's check)."""
+    last eval metrics. Raises Preempted (Interrupted for Ctrl-C) after saving
+    an agreed stop step. `guard()` runs before each save (the workdir lock's
+    check)."""
     config = run.config
     progress = ProgressLog(metrics_log, run.total_steps, config.batch_size,
                            config.skip_nonfinite_steps)
@@ -632,7 +668,7 @@ def train(run: Run, state, start_step: int, ckpts, metrics_log,
             if stop:
                 ckpts.save(step, checkpointed(state), run.identity)
                 ckpts.wait()
-                raise Preempted(step)
+                raise (Interrupted if preemption.interrupted else Preempted)(step)
             with progress.meter.paused():  # not training throughput
                 if eval_now:
                     last_eval = evaluate_and_log(run, state, metrics_log, step)
