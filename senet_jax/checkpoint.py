@@ -1,8 +1,9 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: async saves, retention, resume.
 
 Each checkpoint step holds two items:
-  state: the TrainState pytree (params, batch_stats, opt_state, step). The step
-         is also the data position: the input stream is a pure function of it.
+  state: the TrainState pytree (params, batch_stats, opt_state, step, and the
+         float16 loss scale). The step is also the data position: the input
+         stream is a pure function of it.
   meta:  JSON identity of the run (model, num_classes, dataset, batch size...),
          checked before resuming so a workdir of another model is refused.
 
@@ -135,7 +136,8 @@ class Checkpoints:
             try:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state)))
+                        state=ocp.args.StandardRestore(
+                            self._as_saved(step, abstract_state))))
                 return restored['state'], step
             except Exception as e:  # pylint: disable=broad-except
                 self._set_aside(step, e)
@@ -143,6 +145,19 @@ class Checkpoints:
             f'none of the checkpoints {steps} in {self.directory} could be read; '
             f'they were moved to {self._corrupt_dir()}; fix them or use a new '
             'workdir')
+
+    def _as_saved(self, step: int, abstract_state: Any) -> Any:
+        """`abstract_state` without its `loss_scale` where checkpoint `step`
+        holds none (saved before the float16 loss scale was checkpointed, or by
+        a run in another dtype): the restored state's loss_scale is then None."""
+        if getattr(abstract_state, 'loss_scale', None) is None:
+            return abstract_state
+        # (read by a handler of its own: a manager that has not saved yet has
+        # no handler for 'state' and reports no metadata)
+        saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / 'state')
+        if 'loss_scale' in saved and saved['loss_scale'] is not None:
+            return abstract_state
+        return abstract_state.replace(loss_scale=None)
 
     def _corrupt_dir(self) -> epath.Path:
         return self.workdir / 'corrupt_checkpoints'
