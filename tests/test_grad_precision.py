@@ -6,6 +6,7 @@ product that made them; senet_jax.layers makes every parameter's gradient
 product float32 (see `with_float32_grads`).
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -110,3 +111,29 @@ def test_float32_compute_is_autodiff_unchanged():
     half = str(jax.make_jaxpr(jax.grad(lambda v: conv.clone(dtype=jnp.bfloat16).apply(
         v, x).astype(jnp.float32).sum()))(variables))
     assert 'custom_vjp' in half
+
+
+@pytest.mark.slow
+def test_every_family_keeps_its_parameters_in_float32_gradient_layers():
+    """Conv and Dense cast their parameters through `with_float32_grads`;
+    BatchNorm computes with its parameters in float32. No other module of any
+    family owns a parameter, so every parameter gradient is float32."""
+    import flax.linen as nn
+    from senet_jax.models import create_model, min_input_size, registry
+    owners = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == '__call__' and context.module.scope is not None:
+            params = context.module.variables.get('params', {})
+            if any(hasattr(v, 'shape') for v in params.values()):
+                owners.setdefault(type(context.module), set()).add(name)
+        return out
+
+    for family in registry.FAMILIES:
+        name = next(n for n in family.SPECS if n.startswith('se_'))
+        model = create_model(name, num_classes=10, dtype=jnp.bfloat16)
+        x = jax.ShapeDtypeStruct((1, min_input_size(model), min_input_size(model), 3), jnp.float32)
+        with nn.intercept_methods(record):
+            jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    assert set(owners) == {layers.Conv, layers.Dense, layers.BatchNorm}, owners
