@@ -1,8 +1,9 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: async saves, retention, resume.
 
 Each checkpoint step holds two items:
-  state: the TrainState pytree (params, batch_stats, opt_state, step). The step
-         is also the data position: the input stream is a pure function of it.
+  state: the TrainState pytree (params, batch_stats, opt_state, step, and the
+         float16 loss scale). The step is also the data position: the input
+         stream is a pure function of it.
   meta:  JSON identity of the run (model, num_classes, dataset, batch size...),
          checked before resuming so a workdir of another model is refused.
 

@@ -90,7 +90,7 @@ class SqueezeExcite(nn.Module):
             z = u
         # Excitation: s = gate(W2 relu(W1 z)) (Eq. 3). 1x1 convolutions on a
         # pooled map are dense layers on the channel axis.
-        dense = lambda features, name: nn.Dense(
+        dense = lambda features, name: Dense(
             features, use_bias=self.use_bias, dtype=self.dtype,
             param_dtype=self.param_dtype, name=name)
         s = nn.relu(dense(width, 'fc1')(z))
@@ -151,19 +151,122 @@ class Conv(nn.Module):
                             self.param_dtype)
         bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if kh == kw and self.padding is None:
-            y = self.convolve(x, kernel, self.strides, groups)
-        else:
-            pad = self.padding
-            if pad is None:
-                pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-            elif isinstance(pad, int):
-                pad = ((pad, pad), (pad, pad))
-            y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), pad,
-                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                             feature_group_count=groups)
-        return y if bias is None else y + bias
+        pad = self.padding
+        if pad is None:
+            pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+        elif isinstance(pad, int):
+            pad = ((pad, pad), (pad, pad))
+        square = kh == kw and self.padding is None
+
+        def apply(x, kernel, bias):
+            if square:
+                y = self.convolve(x, kernel, self.strides, groups)
+            else:
+                y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), pad,
+                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                                 feature_group_count=groups)
+            return y if bias is None else y + bias
+
+        weight_grad = functools.partial(conv_weight_grad, window=(kh, kw), stride=self.strides,
+                                        padding=tuple(map(tuple, pad)), groups=groups)
+        return with_float32_grads(apply, weight_grad, x, kernel, bias, self.dtype)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (the same 'kernel' (in, features) and 'bias', initialisers and
+    results) whose parameter gradients are float32 (`with_float32_grads`)."""
+    features: int
+    use_bias: bool = True
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+
+        def apply(x, kernel, bias):
+            y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+            # (the bias reshaped as nn.Dense does: the same program in float32)
+            return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return with_float32_grads(apply, dense_weight_grad, x, kernel, bias, self.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Parameter gradients in float32, whatever the compute dtype.
+#
+# A layer computing in bfloat16 or float16 casts its float32 parameters to that
+# dtype. Autodiff then writes each parameter's gradient as a product (or, for a
+# bias, a sum) over the batch with a result in the compute dtype; under jit with
+# a data-sharded batch, XLA's SPMD partitioner adds the devices' partial results
+# right after that product, in bfloat16 or float16, and only then casts to
+# float32. The Flax ImageNet example sums float32 gradients (`lax.pmean`). A
+# custom VJP on the cast alone comes too late (its backward pass receives the
+# gradient already summed), and a float32 `psum` under `shard_map` would need
+# BatchNorm's cross-device statistics written by hand in every model. So each
+# layer that casts a parameter does so inside `with_float32_grads`, whose
+# backward pass computes the parameter's gradient with a float32 result
+# (`preferred_element_type`): the operands stay in the compute dtype (full rate
+# on tensor cores and the MXU, which accumulate in float32 anyway), the
+# cross-device sum is float32, and nothing is rounded to 16 bits before it. The
+# input's gradient is autodiff's, or the CPU kernel's (senet_jax.cpu_kernels).
+
+
+def with_float32_grads(apply, weight_grad, x, kernel, bias, dtype):
+    """apply(x, kernel, bias) with all three in `dtype` (None: their promoted
+    dtype). Where that narrows the parameters (float32 parameters, bfloat16
+    compute), d/dkernel is `weight_grad(x, g)` with a float32 result and
+    d/dbias the float32 sum of g over every axis but the last."""
+    x, low_kernel, low_bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    if jnp.dtype(low_kernel.dtype).itemsize >= jnp.dtype(kernel.dtype).itemsize:
+        return apply(x, low_kernel, low_bias)   # no narrowing: autodiff as it is
+    return _float32_grads(apply, weight_grad, x, kernel, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _float32_grads(apply, weight_grad, x, kernel, bias):
+    return apply(x, kernel.astype(x.dtype), None if bias is None else bias.astype(x.dtype))
+
+
+def _float32_grads_fwd(apply, weight_grad, x, kernel, bias):
+    return _float32_grads(apply, weight_grad, x, kernel, bias), (x, kernel, bias)
+
+
+def _float32_grads_bwd(apply, weight_grad, residuals, g):
+    x, kernel, bias = residuals
+    low_kernel = kernel.astype(x.dtype)
+    low_bias = None if bias is None else bias.astype(x.dtype)
+    _, input_vjp = jax.vjp(lambda x: apply(x, low_kernel, low_bias), x)
+    dbias = None if bias is None else g.sum(tuple(range(g.ndim - 1)), dtype=bias.dtype)
+    return (input_vjp(g)[0], weight_grad(x, g).astype(kernel.dtype), dbias)
+
+
+_float32_grads.defvjp(_float32_grads_fwd, _float32_grads_bwd)
+
+
+def dense_weight_grad(x, g):
+    """d(x @ kernel)/dkernel applied to g: x^T g over every axis but the last, float32."""
+    batch = tuple(range(x.ndim - 1))
+    return jax.lax.dot_general(x, g, ((batch, batch), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def conv_weight_grad(x, g, *, window, stride: int, padding, groups: int):
+    """d(conv)/dkernel applied to g, float32: the convolution JAX's own transpose
+    rule writes for an NHWC x and HWIO kernel (the batch axis summed as the
+    features; groups as batch groups), with a float32 result."""
+    pads = []
+    for (lo, _), size, out, k in zip(padding, x.shape[1:3], g.shape[1:3], window):
+        # what the strided output reaches past the input's far edge, as JAX's rule pads it
+        pads.append((lo, (stride * (out - 1) + 1) - size + (k - lo - 1)))
+    return jax.lax.conv_general_dilated(
+        x, g, window_strides=(1, 1), padding=pads, rhs_dilation=(stride, stride),
+        dimension_numbers=jax.lax.ConvDimensionNumbers((3, 0, 1, 2), (3, 0, 1, 2), (2, 3, 0, 1)),
+        batch_group_count=groups, preferred_element_type=jnp.float32)
 
 
 def max_pool(x, window: int = 3, stride: int = 2, padding=((1, 1), (1, 1))):
@@ -313,5 +416,5 @@ def classify(x, num_classes: int, drop_rate: float, train: bool, dtype=None,
     out_dtype = jnp.promote_types(x.dtype, jnp.float32)
     x = jnp.mean(x, axis=(1, 2), dtype=out_dtype)
     x = nn.Dropout(drop_rate, deterministic=not train)(x)
-    x = nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name='fc')(x)
+    x = Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name='fc')(x)
     return x.astype(out_dtype)

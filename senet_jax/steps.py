@@ -22,8 +22,17 @@ from senet_jax.models import IMAGENET, normalize_images
 class TrainState(train_state.TrainState):
     batch_stats: Any
     # float16 compute only: flax's dynamic loss scaling (Micikevicius et al.,
-    # 2018). Never checkpointed; a resume starts a fresh scale.
+    # 2018), `initial_loss_scale()` at the start. Checkpointed with the rest, as
+    # in the Flax ImageNet example; a checkpoint without one (older, or of a
+    # run in another dtype) resumes with a fresh scale.
     loss_scale: DynamicScale | None = None
+
+
+def initial_loss_scale() -> DynamicScale:
+    """Flax's default scale (2^16, grown every 2000 finite steps), its fields
+    strongly typed: from Python scalars they would be weak-typed, the step
+    would return them strongly typed, and the second step would compile again."""
+    return DynamicScale(fin_steps=np.int32(0), scale=np.float32(2.0 ** 16))
 
 
 # ---------------------------------------------------------------------------
@@ -159,7 +168,7 @@ def create_train_state(rng, config, model, tx, dtype='float32') -> TrainState:
     return TrainState.create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'], tx=tx,
-        loss_scale=DynamicScale() if dtype == 'float16' else None)
+        loss_scale=initial_loss_scale() if dtype == 'float16' else None)
 
 
 # ---------------------------------------------------------------------------

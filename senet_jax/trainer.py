@@ -48,10 +48,10 @@ from senet_jax import xla_cpu
 from senet_jax.errors import Interrupted, NonFiniteLossError, Preempted, UserError
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import IMAGENET, InputFormat, create_model, min_input_size, model_spec, set_overrides
-from senet_jax.steps import (DynamicScale, TrainState, create_learning_rate_fn,  # noqa: F401
+from senet_jax.steps import (TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
-                             eval_step, observe_validation_loss, train_step,
-                             weight_decay_mask, zero_eval_totals)
+                             eval_step, initial_loss_scale, observe_validation_loss,
+                             train_step, weight_decay_mask, zero_eval_totals)
 
 
 # ---------------------------------------------------------------------------
@@ -254,25 +254,25 @@ def fresh_state(run: Run) -> TrainState:
     return state
 
 
-def checkpointed(state: TrainState) -> TrainState:
-    """What a checkpoint holds: the state without the float16 loss scale, so
-    a run can resume under another compute dtype."""
-    return state.replace(loss_scale=None)
-
-
 # TrainState fields that checkpoints of an older version may lack: such a
 # checkpoint restores with them None, for restore_or_init to fill (loss_scale:
 # a fresh scale under float16), where any other change of the state's
-# structure stops the run (checkpoint.structure_difference).
+# structure stops the run (checkpoint.structure_difference). A field the
+# checkpoint holds but this run does not use (a float16 scale resumed in
+# float32) is read and dropped.
 MAY_BE_ABSENT = ('loss_scale',)
 
 
 def restore_or_init(run: Run, ckpts) -> TrainState:
-    """The newest readable checkpoint's state, or a fresh one if there is none."""
+    """The newest readable checkpoint's state, or a fresh one if there is none.
+
+    A float16 run resumes with the loss scale its checkpoint holds, or a fresh
+    one where it holds none; other dtypes drop a saved scale."""
     replicated = sharding_lib.replicated(run.mesh)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        checkpointed(jax.eval_shape(run.steps.init, run.init_rng)))
+        jax.eval_shape(run.steps.init, run.init_rng).replace(
+            loss_scale=jax.eval_shape(initial_loss_scale)))
     allow = bool(run.config.get('allow_config_change', False))
     restored = ckpts.restore_latest(
         abstract, run.identity, MAY_BE_ABSENT,
@@ -283,9 +283,11 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
     logging.info('resumed from checkpoint step %d in %s%s', step,
                  ckpts.directory, ' (init_from is only used on a fresh start)'
                  if run.config.init_from else '')
-    if run.dtype == 'float16':
+    if run.dtype != 'float16':
+        state = state.replace(loss_scale=None)
+    elif state.loss_scale is None:
         state = state.replace(
-            loss_scale=sharding_lib.replicate(DynamicScale(), run.mesh))
+            loss_scale=sharding_lib.replicate(initial_loss_scale(), run.mesh))
     return state
 
 
@@ -666,7 +668,7 @@ def train(run: Run, state, start_step: int, ckpts, metrics_log,
             if stop or ckpt_now:
                 guard()
             if stop:
-                ckpts.save(step, checkpointed(state), run.identity)
+                ckpts.save(step, state, run.identity)
                 ckpts.wait()
                 raise (Interrupted if preemption.interrupted else Preempted)(step)
             with progress.meter.paused():  # not training throughput
@@ -674,7 +676,7 @@ def train(run: Run, state, start_step: int, ckpts, metrics_log,
                     last_eval = evaluate_and_log(run, state, metrics_log, step)
                     state = observe(run, state, last_eval)
                 if ckpt_now:
-                    ckpts.save(step, checkpointed(state), run.identity,
+                    ckpts.save(step, state, run.identity,
                                metrics={'eval_top1': last_eval['eval_top1']}
                                if eval_now else None)
     ckpts.wait()

@@ -155,7 +155,7 @@ def test_restore_or_init_fresh_then_restored(run, tmp_path):
     fresh = trainer.restore_or_init(run, ckpts)
     assert int(fresh.step) == 0
     state, _ = run.steps.train(fresh, _train_batch(run), run.dropout_rng)
-    ckpts.save(1, trainer.checkpointed(state), run.identity)
+    ckpts.save(1, state, run.identity)
     restored = trainer.restore_or_init(run, ckpts)
     assert int(restored.step) == 1
     tu.assert_trees_close(restored.params, state.params, atol=0)

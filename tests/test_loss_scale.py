@@ -1,0 +1,101 @@
+"""float16's dynamic loss scale: compiled once, checkpointed, restored.
+
+The scale lives in TrainState.loss_scale (steps.initial_loss_scale) and is
+saved with the rest of the state; checkpoints without one (older ones, or of
+runs in another dtype) still restore.
+"""
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import test_train_utils as tu
+from senet_jax import checkpoint as checkpoint_lib
+from senet_jax import trainer
+from senet_jax.steps import initial_loss_scale
+from test_trainer_units import _train_batch, tiny_config
+
+
+def test_initial_loss_scale_is_strongly_typed():
+    scale = initial_loss_scale()
+    for leaf, dtype in ((scale.scale, np.float32), (scale.fin_steps, np.int32)):
+        assert not getattr(jax.numpy.asarray(leaf), 'weak_type', False)
+        assert jax.numpy.asarray(leaf).dtype == dtype
+    assert float(scale.scale) == 2.0 ** 16
+
+
+@pytest.fixture(scope='module')
+def run16(tmp_path_factory):
+    return trainer.setup(tiny_config(dtype='float16'), str(tmp_path_factory.mktemp('run16')))
+
+
+@pytest.mark.slow
+def test_three_float16_steps_compile_once(run16):
+    state = run16.steps.init(run16.init_rng)
+    for step in range(3):
+        state, metrics = run16.steps.train(state, _train_batch(run16, step), run16.dropout_rng)
+    assert bool(metrics['finite'])
+    assert run16.steps.train._cache_size() == 1
+
+
+@pytest.mark.slow
+def test_checkpoints_with_and_without_a_loss_scale_restore(run16, tmp_path):
+    state = run16.steps.init(run16.init_rng)
+    scaled = state.replace(step=state.step + 1, loss_scale=state.loss_scale.replace(
+        scale=np.float32(1024), fin_steps=np.int32(7)))
+    old = tmp_path / 'old'   # as saved before the loss scale was checkpointed
+    with_old = checkpoint_lib.Checkpoints(str(old), async_save=False)
+    with_old.save(1, state.replace(step=state.step + 1, loss_scale=None), run16.identity)
+    restored = trainer.restore_or_init(run16, with_old)
+    assert int(restored.step) == 1
+    assert float(restored.loss_scale.scale) == 2.0 ** 16          # a fresh one
+    assert restored.loss_scale.scale.dtype == np.float32 and not restored.loss_scale.scale.weak_type
+    tu.assert_trees_close(restored.params, state.params, atol=0)
+    with_old.close()
+
+    new = checkpoint_lib.Checkpoints(str(tmp_path / 'new'), async_save=False)
+    new.save(1, scaled, run16.identity)
+    restored = trainer.restore_or_init(run16, new)
+    assert float(restored.loss_scale.scale) == 1024 and int(restored.loss_scale.fin_steps) == 7
+    # The same checkpoint resumed in float32 (the dtype is not the run's identity).
+    run32 = trainer.setup(tiny_config(), str(tmp_path / 'run32'))
+    assert trainer.restore_or_init(run32, new).loss_scale is None
+    new.close()
+    # float16 after float32: the float32 run's checkpoint has no scale.
+    plain = checkpoint_lib.Checkpoints(str(old), async_save=False)
+    assert float(trainer.restore_or_init(run16, plain).loss_scale.scale) == 2.0 ** 16
+    plain.close()
+
+
+def _loss_scale(workdir, step):
+    path = f'{workdir}/checkpoints/{step}/state'
+    with ocp.PyTreeCheckpointer() as ckptr:
+        return jax.tree.map(np.asarray, ckptr.restore(path)['loss_scale'])
+
+
+FLOAT16_RUN = (*tu.SHORT_RUN, '--config.dtype=float16')
+
+
+@pytest.mark.slow
+def test_float16_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    reference = str(tmp_path / 'reference')
+    tu.run(reference, *FLOAT16_RUN, timeout=900)
+    workdir = str(tmp_path / 'run')
+    proc = tu.start(workdir, *FLOAT16_RUN)
+    tu.wait_for_checkpoint(proc, workdir)
+    proc.kill()
+    proc.communicate()
+    killed_at = tu.checkpoint_steps(workdir)[-1]
+    assert killed_at < 60, 'the run finished before it could be killed'
+    # The scale has moved off its start by then, so a fresh one would differ.
+    saved = _loss_scale(workdir, killed_at)
+    assert (float(saved['scale']), int(saved['fin_steps'])) != (2.0 ** 16, 0)
+    rerun = tu.run(workdir, *FLOAT16_RUN, timeout=900)
+    assert f'resumed from checkpoint step {killed_at}' in rerun.stderr
+    for a, b in zip(jax.tree.leaves(_loss_scale(workdir, 60)),
+                    jax.tree.leaves(_loss_scale(reference, 60))):
+        np.testing.assert_array_equal(a, b)
+    tu.assert_trees_close(tu.load_params(workdir), tu.load_params(reference))
+    for key in ('eval_loss', 'eval_top1', 'eval_top5'):
+        assert tu.last_eval(workdir)[key] == pytest.approx(tu.last_eval(reference)[key], abs=1e-5)
