@@ -3,17 +3,26 @@
 Training never downloads: an unprepared dataset fails at once with the command
 that prepares it. `data_dir` may be local or a gs:// URL; it is handed to tfds
 as given (TensorFlow's file system reads both).
+
+Training reads the split's TFRecord files in windows of about
+`shuffle_buffer` records, each shuffled whole (`file_windows`): one tf.data
+pipeline for all epochs, and a resume that opens no file before the window it
+resumes in. The pipeline holds about three windows of encoded records (one
+being yielded, one loaded ahead, the one being read): ~5 GB per process at
+ImageNet's ~110 KB per JPEG and the default 16k; lower `shuffle_buffer` with
+several processes per host.
 """
 
 import difflib
 import math
+import os
 
 from etils import epath
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from senet_jax.data import SOURCES, indexing, preprocess
+from senet_jax.data import SOURCES, file_windows, indexing, preprocess
 from senet_jax.data.base import Source
 from senet_jax.errors import UserError
 
@@ -67,6 +76,19 @@ def _num_examples(builder, split):
     return n if n >= 0 else sum(1 for _ in ds)
 
 
+def _tfrecord_files(builder, split):
+    """(filenames, skips, takes) of the TFRecord file instructions that make up
+    `split`, as numpy arrays; None where tfds knows no TFRecord files (another
+    file format, or tfds.testing.mock_data)."""
+    if (not builder.info.splits
+            or builder.info.file_format != tfds.core.FileFormat.TFRECORD):
+        return None
+    instructions = [f for f in builder.info.splits[split].file_instructions if f.take]
+    return (np.array([os.fspath(f.filename) for f in instructions]),
+            np.array([f.skip for f in instructions], np.int64),
+            np.array([f.take for f in instructions], np.int64))
+
+
 class TfdsSource(Source):
     """Each process reads its own contiguous slice of each split."""
 
@@ -97,6 +119,13 @@ class TfdsSource(Source):
         self.interpolation = config.get('eval_interpolation', '')
         self.shuffle_buffer = config.get('shuffle_buffer', 16 * 1024)
         self.decoders = {self.image_key: tfds.decode.SkipDecoding()}
+        self.files = _tfrecord_files(builder, self.train_part)
+        if self.files is not None:
+            self.file_sizes = self.files[2]
+            self.files_per_window = file_windows.files_per_window(
+                self.file_sizes, self.shuffle_buffer)
+            self.max_window_records = int(np.sort(self.file_sizes)[
+                -self.files_per_window:].sum())
 
     def train_image(self, data, seed):
         """Encoded bytes -> the augmented uint8 [S, S, 3] training image."""
@@ -107,8 +136,67 @@ class TfdsSource(Source):
         return preprocess.preprocess_eval(data, self.image_size, self.crop_fraction,
                                           self.interpolation)
 
-    def _epoch_records(self, epoch):
-        """This process's records of `epoch`, in an order fixed by (seed, epoch)."""
+    def train_dataset(self, start_step: int) -> tf.data.Dataset:
+        """This process's batches of steps `start_step`, `start_step` + 1, ...:
+        one pipeline for every epoch, so shuffling and the decoding workers
+        carry on across epoch boundaries."""
+        # Each window: its files' records, read in parallel, shuffled whole.
+        # One window is loaded ahead while the previous one is decoded.
+        windows = tf.data.Dataset.from_generator(
+            lambda: self._windows(start_step), output_signature=(
+                tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64),
+                tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
+                tf.TensorSpec([], tf.int64)))
+        ds = windows.map(self._load_window).prefetch(1)
+        ds = ds.flat_map(lambda records, positions: tf.data.Dataset.from_tensor_slices(
+            (records, positions)))
+
+        def parse(record, position):
+            ex = self.builder.info.features.deserialize_example(
+                record, decoders=self.decoders)
+            seed = preprocess.example_seed(self.seed, position)
+            return self.train_image(ex[self.image_key], seed), ex[self.label_key]
+
+        ds = preprocess.tpu_host_options(ds)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # Every epoch yields whole batches, so no batch spans two epochs.
+        return ds.batch(self.shard.local_batch, drop_remainder=True).prefetch(2)
+
+    def _windows(self, start_step):
+        """(filenames, skips, takes, record order, first position) of every
+        window from `start_step` on: the plan of `file_windows`."""
+        local = self.shard.local_batch
+        records = self.steps_per_epoch * local
+        for epoch, offset in indexing.epochs_from(start_step, self.steps_per_epoch):
+            first = indexing.process_epoch_offset(epoch, self.steps_per_epoch, self.shard)
+            for w in file_windows.epoch_windows(
+                    self.file_sizes, self.files_per_window, self.seed, epoch,
+                    records, offset * local, first):
+                yield (self.files[0][w.files], self.files[1][w.files],
+                       self.files[2][w.files], w.order, w.position)
+
+    def _load_window(self, filenames, skips, takes, order, position):
+        """A window's records in its shuffled order, with their stream positions."""
+        records = tf.data.Dataset.from_tensor_slices((filenames, skips, takes))
+        records = records.interleave(
+            self.read_file, cycle_length=self.files_per_window, block_length=1,
+            num_parallel_calls=self.files_per_window, deterministic=True)
+        # tfds.decode.SkipDecoding keeps images encoded: a window is only bytes.
+        records = records.batch(self.max_window_records).get_single_element()
+        positions = position + tf.range(tf.size(order, out_type=tf.int64))
+        return tf.gather(records, order), positions
+
+    @staticmethod
+    def read_file(filename, skip, take):
+        """The records of one tfds file instruction (part of one TFRecord file)."""
+        return tf.data.TFRecordDataset(filename, buffer_size=8 << 20).skip(skip).take(take)
+
+    def _tfds_reader_dataset(self, epoch, offset):
+        """Steps `offset`.. of `epoch` through tfds' own reader, for splits
+        whose TFRecord files are not known (another file format;
+        tfds.testing.mock_data): built per epoch, and a resume reads the
+        epoch's records before `offset` to skip them."""
+        local = self.shard.local_batch
         epoch_seed = self.seed * 100003 + epoch
         options = tf.data.Options()
         options.deterministic = True
@@ -117,18 +205,12 @@ class TfdsSource(Source):
             read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, options=options))
         ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed,
                         reshuffle_each_iteration=False)
-        return ds.take(self.steps_per_epoch * self.shard.local_batch)
+        ds = ds.take(self.steps_per_epoch * local).skip(offset * local)
+        ds = ds.enumerate(offset * local + indexing.process_epoch_offset(
+            epoch, self.steps_per_epoch, self.shard))
 
-    def train_dataset(self, epoch: int, offset: int) -> tf.data.Dataset:
-        """This process's batches of steps `offset`.. of `epoch`."""
-        local = self.shard.local_batch
-        # Resume inside an epoch: skip the records already consumed (before
-        # decoding, so it only costs reading).
-        ds = self._epoch_records(epoch).skip(offset * local).enumerate(offset * local)
-        start = indexing.process_epoch_offset(epoch, self.steps_per_epoch, self.shard)
-
-        def parse(i, ex):
-            seed = preprocess.example_seed(self.seed, start + i)
+        def parse(position, ex):
+            seed = preprocess.example_seed(self.seed, position)
             return self.train_image(ex[self.image_key], seed), ex[self.label_key]
 
         ds = preprocess.tpu_host_options(ds)
@@ -136,8 +218,13 @@ class TfdsSource(Source):
         return ds.batch(local, drop_remainder=True).prefetch(2)
 
     def train_batches(self, start_step):
-        for epoch, offset in indexing.epochs_from(start_step, self.steps_per_epoch):
-            for image, label in self.train_dataset(epoch, offset).as_numpy_iterator():
+        if self.files is None:
+            datasets = (self._tfds_reader_dataset(epoch, offset) for epoch, offset
+                        in indexing.epochs_from(start_step, self.steps_per_epoch))
+        else:
+            datasets = [self.train_dataset(start_step)]
+        for ds in datasets:
+            for image, label in ds.as_numpy_iterator():
                 yield {'image': image, 'label': label.astype(np.int32)}
 
     def eval_dataset(self) -> tf.data.Dataset:
