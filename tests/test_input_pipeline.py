@@ -12,36 +12,36 @@ import numpy as np
 import pytest
 
 from senet_jax import data
-from senet_jax.data import file_windows, indexing
-
-tfds = pytest.importorskip('tensorflow_datasets')
-tf = pytest.importorskip('tensorflow')
+from senet_jax.data import file_windows
 
 N, FILES = 96, 12   # training examples, TFRecord files
 
 
-class InputPipelineShards(tfds.core.GeneratorBasedBuilder):
-    """N training and FILES validation examples; example i is all colour i."""
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self, features=tfds.features.FeaturesDict({
-                'image': tfds.features.Image(shape=(8, 8, 3)),
-                'label': tfds.features.ClassLabel(num_classes=10)}),
-            supervised_keys=('image', 'label'))
-
-    def _split_generators(self, dl_manager):
-        return {'train': self._generate_examples(N),
-                'validation': self._generate_examples(FILES)}
-
-    def _generate_examples(self, n):
-        for i in range(n):
-            yield i, {'image': np.full((8, 8, 3), i, np.uint8), 'label': i % 10}
-
-
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
+    """The dataset, prepared in FILES files (TensorFlow is imported here, so
+    that the fast tests of this file do without it)."""
+    tfds = pytest.importorskip('tensorflow_datasets')
+
+    class InputPipelineShards(tfds.core.GeneratorBasedBuilder):
+        """N training and FILES validation examples; example i is all colour i."""
+        VERSION = tfds.core.Version('1.0.0')
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({
+                    'image': tfds.features.Image(shape=(8, 8, 3)),
+                    'label': tfds.features.ClassLabel(num_classes=10)}),
+                supervised_keys=('image', 'label'))
+
+        def _split_generators(self, dl_manager):
+            return {'train': self._generate_examples(N),
+                    'validation': self._generate_examples(FILES)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {'image': np.full((8, 8, 3), i, np.uint8), 'label': i % 10}
+
     d = str(tmp_path_factory.mktemp('tfds'))
     InputPipelineShards(data_dir=d).download_and_prepare(
         download_config=tfds.download.DownloadConfig(num_shards=FILES))
@@ -68,6 +68,7 @@ def _ids(batch):
 @pytest.fixture
 def reads(monkeypatch):
     """file name -> records read from it, counted as the pipeline reads them."""
+    import tensorflow as tf
     from senet_jax.data.tfds import TfdsSource
     read = collections.Counter()
     original = TfdsSource.read_file
