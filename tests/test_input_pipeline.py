@@ -244,3 +244,17 @@ def test_one_process_per_device_matches_one_process(tmp_path):
         assert got[step] == pytest.approx(want[step], rel=1e-4), step
     assert tu.last_eval(two)['eval_loss'] == pytest.approx(
         tu.last_eval(one)['eval_loss'], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_cifar_preprocessing_reads_the_same_windows(data_dir):
+    """preprocess='cifar' (tfds decodes, pad-crop-flip) on the same files."""
+    p = data.create_input_pipeline(_config(data_dir, preprocess='cifar'))
+    batches = _take(p.train_batches(0), p.steps_per_epoch + 1)
+    ids = [int(image.max()) for b in batches for image in b['image']]  # zero padding
+    assert sorted(ids[:N]) == list(range(N))
+    for b in batches:
+        np.testing.assert_array_equal(b['label'], b['image'].max(axis=(1, 2, 3)) % 10)
+    resumed = _take(p.train_batches(p.steps_per_epoch - 1), 2)
+    for a, b in zip(batches[-2:], resumed):
+        np.testing.assert_array_equal(a['image'], b['image'])

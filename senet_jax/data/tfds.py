@@ -181,7 +181,7 @@ class TfdsSource(Source):
         records = records.interleave(
             self.read_file, cycle_length=self.files_per_window, block_length=1,
             num_parallel_calls=self.files_per_window, deterministic=True)
-        # tfds.decode.SkipDecoding keeps images encoded: a window is only bytes.
+        # Serialized records: they are parsed and decoded later, in parallel.
         records = records.batch(self.max_window_records).get_single_element()
         positions = position + tf.range(tf.size(order, out_type=tf.int64))
         return tf.gather(records, order), positions
