@@ -10,7 +10,7 @@ visits the examples in an order fixed by (seed, e); step `s` is batch
 `s % steps_per_epoch` of epoch `s // steps_per_epoch`, and random augmentation
 is seeded by the example's position in the stream. A run restarted at step `s`
 therefore sees exactly the batches an uninterrupted run would have seen. A
-tfds source shuffles windows of whole TFRecord files (`file_windows`), so a
+tfds source shuffles windows of whole TFRecord files (`tfds.epoch_windows`), so a
 resume skips files instead of reading the records it skips.
 
 Evaluation covers every example exactly once: the last batch is padded and
@@ -18,7 +18,7 @@ masked, nothing is dropped.
 
 Layout: one module per source (`digits`, `fake`, `imagefolder`, `tfds`, and
 `cifar`: tfds with the CIFAR augmentation, config.preprocess='cifar'), the
-index arithmetic they share in `indexing`, tfds's file order in `file_windows`, the TensorFlow image preprocessing
+index arithmetic they share in `indexing`, the TensorFlow image preprocessing
 in `preprocess`. Only `imagefolder`, `tfds`, `cifar` and `preprocess` import TensorFlow,
 and only when a config names them.
 """

@@ -5,9 +5,10 @@ that prepares it. `data_dir` may be local or a gs:// URL; it is handed to tfds
 as given (TensorFlow's file system reads both).
 
 Training reads the split's TFRecord files in windows of about
-`shuffle_buffer` records, each shuffled whole (`file_windows`): one tf.data
+`shuffle_buffer` records, each shuffled whole (`epoch_windows`): one tf.data
 pipeline for all epochs, and a resume that opens no file before the window it
-resumes in. The pipeline holds about three windows of encoded records (one
+resumes in. (tf.data's sliding shuffle buffer cannot do this: what it
+yields at record r depends on every record read before.) The pipeline holds about three windows of encoded records (one
 being yielded, one loaded ahead, the one being read): ~5 GB per process at
 ImageNet's ~110 KB per JPEG and the default 16k; lower `shuffle_buffer` with
 several processes per host.
@@ -22,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from senet_jax.data import SOURCES, file_windows, indexing, preprocess
+from senet_jax.data import SOURCES, indexing, preprocess
 from senet_jax.data.base import Source
 from senet_jax.errors import UserError
 
@@ -89,6 +90,53 @@ def _tfrecord_files(builder, split):
             np.array([f.take for f in instructions], np.int64))
 
 
+def files_per_window(file_sizes, shuffle_buffer: int) -> int:
+    """Files per window so that a window holds about `shuffle_buffer` records."""
+    mean = max(1.0, float(np.mean(file_sizes)))
+    return int(min(len(file_sizes), max(1, round(shuffle_buffer / mean))))
+
+
+def epoch_windows(file_sizes, per_window: int, seed: int, epoch, records: int,
+                  skip, first_position) -> tf.data.Dataset:
+    """The windows of `epoch` from its record `skip` on: a dataset of (file
+    indices in read order, the window's records to yield as indices into
+    them in read order, stream position of the first).
+
+    Epoch `epoch` permutes the files (seeded by (seed, epoch)) and cuts them
+    into windows of `per_window` files; each window's records are shuffled
+    whole (seeded by the window's number too); the windows one after another,
+    cut to `records`, are the epoch. Windows that end before `skip` are left
+    out, so their files are never opened. Computed in the graph, so that the
+    pipeline runs no Python.
+    """
+    num_files = len(file_sizes)
+    num_windows = -(-num_files // per_window)
+    epoch = tf.cast(epoch, tf.int64)
+    key = tf.stack([tf.constant(seed, tf.int64), epoch])
+    files = tf.random.experimental.stateless_shuffle(
+        tf.range(num_files, dtype=tf.int64), seed=key)
+    # Pad to whole windows with a file of no records (index num_files).
+    files = tf.reshape(tf.concat([files, tf.fill(
+        [num_windows * per_window - num_files], tf.constant(num_files, tf.int64))], 0),
+        [num_windows, per_window])
+    sizes = tf.gather(tf.constant(list(file_sizes) + [0], tf.int64), files)
+    size = tf.reduce_sum(sizes, axis=1)
+    start = tf.cumsum(size, exclusive=True)
+
+    def window(files, start, size, w):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), seed=tf.random.experimental.stateless_fold_in(key, w))
+        lo, end = tf.maximum(start, skip), tf.minimum(start + size, records)
+        return (tf.boolean_mask(files, files < num_files), order[lo - start:end - start],
+                first_position + lo)
+
+    windows = tf.data.Dataset.from_tensor_slices(
+        (files, start, size, tf.range(num_windows, dtype=tf.int64)))
+    windows = windows.filter(lambda f, start, size, w: (start < records) &
+                             (start + size > skip))
+    return windows.map(window)
+
+
 class TfdsSource(Source):
     """Each process reads its own contiguous slice of each split."""
 
@@ -122,7 +170,7 @@ class TfdsSource(Source):
         self.files = _tfrecord_files(builder, self.train_part)
         if self.files is not None:
             self.file_sizes = self.files[2]
-            self.files_per_window = file_windows.files_per_window(
+            self.files_per_window = files_per_window(
                 self.file_sizes, self.shuffle_buffer)
             self.max_window_records = int(np.sort(self.file_sizes)[
                 -self.files_per_window:].sum())
@@ -142,11 +190,16 @@ class TfdsSource(Source):
         carry on across epoch boundaries."""
         # Each window: its files' records, read in parallel, shuffled whole.
         # One window is loaded ahead while the previous one is decoded.
-        windows = tf.data.Dataset.from_generator(
-            lambda: self._windows(start_step), output_signature=(
-                tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([], tf.int64)))
+        local = self.shard.local_batch
+        epoch, offset = divmod(start_step, self.steps_per_epoch)
+
+        def epoch_plan(e):
+            first = indexing.process_epoch_offset(e, self.steps_per_epoch, self.shard)
+            skip = tf.cast(e == epoch, tf.int64) * (offset * local)
+            return epoch_windows(self.file_sizes, self.files_per_window, self.seed, e,
+                                 self.steps_per_epoch * local, skip, first)
+
+        windows = tf.data.Dataset.range(epoch, 2**62).flat_map(epoch_plan)
         ds = windows.map(self._load_window).prefetch(1)
         ds = ds.flat_map(lambda records, positions: tf.data.Dataset.from_tensor_slices(
             (records, positions)))
@@ -162,22 +215,10 @@ class TfdsSource(Source):
         # Every epoch yields whole batches, so no batch spans two epochs.
         return ds.batch(self.shard.local_batch, drop_remainder=True).prefetch(2)
 
-    def _windows(self, start_step):
-        """(filenames, skips, takes, record order, first position) of every
-        window from `start_step` on: the plan of `file_windows`."""
-        local = self.shard.local_batch
-        records = self.steps_per_epoch * local
-        for epoch, offset in indexing.epochs_from(start_step, self.steps_per_epoch):
-            first = indexing.process_epoch_offset(epoch, self.steps_per_epoch, self.shard)
-            for w in file_windows.epoch_windows(
-                    self.file_sizes, self.files_per_window, self.seed, epoch,
-                    records, offset * local, first):
-                yield (self.files[0][w.files], self.files[1][w.files],
-                       self.files[2][w.files], w.order, w.position)
-
-    def _load_window(self, filenames, skips, takes, order, position):
+    def _load_window(self, files, order, position):
         """A window's records in its shuffled order, with their stream positions."""
-        records = tf.data.Dataset.from_tensor_slices((filenames, skips, takes))
+        records = tf.data.Dataset.from_tensor_slices(
+            tuple(tf.gather(tf.constant(a), files) for a in self.files))
         records = records.interleave(
             self.read_file, cycle_length=self.files_per_window, block_length=1,
             num_parallel_calls=self.files_per_window, deterministic=True)
