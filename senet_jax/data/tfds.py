@@ -7,11 +7,13 @@ as given (TensorFlow's file system reads both).
 Training reads the split's TFRecord files in windows of about
 `shuffle_buffer` records, each shuffled whole (`epoch_windows`): one tf.data
 pipeline for all epochs, and a resume that opens no file before the window it
-resumes in. (tf.data's sliding shuffle buffer cannot do this: what it
-yields at record r depends on every record read before.) The pipeline holds about three windows of encoded records (one
-being yielded, one loaded ahead, the one being read): ~5 GB per process at
-ImageNet's ~110 KB per JPEG and the default 16k; lower `shuffle_buffer` with
-several processes per host.
+resumes in. (tf.data's sliding shuffle buffer cannot do this: what it yields
+at record r depends on every record read before.) The pipeline holds about
+three windows of encoded records (one being yielded, one loaded ahead, the one
+being read): by arithmetic, ~5 GB per process at ImageNet's ~110 KB per JPEG
+and the default 16k; lower `shuffle_buffer` with several processes per host.
+Splits tfds knows no TFRecord files of (another file format,
+tfds.testing.mock_data) go through tfds' own reader, an epoch at a time.
 """
 
 import difflib
