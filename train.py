@@ -6,7 +6,11 @@
 
 Multi-host: on TPU pods and under SLURM, jax.distributed is set up
 automatically; elsewhere pass --coordinator_address=host:port
---num_processes=N --process_id=i on every process.
+--num_processes=N --process_id=i on every process. One process per GPU, as
+PyTorch DDP runs (each decodes its own slice of the data):
+
+  for i in 0 1 2 3 4 5 6 7; do python train.py ... --coordinator_address=localhost:12345 \
+      --num_processes=8 --process_id=$i --local_device_ids=$i & done
 """
 
 import glob
@@ -25,6 +29,8 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 flags.DEFINE_integer('process_id', None, 'Index of this process.')
+flags.DEFINE_list('local_device_ids', None, 'The GPUs this process uses (e.g. '
+                  '"3" for one process per GPU); default: all of them.')
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -78,14 +84,35 @@ class _QuietOrbax:
         return record.levelno > 20 or '/orbax/' not in record.pathname
 
 
+def local_device_ids():
+    """--local_device_ids as ints, or None; a bad value is a UserError."""
+    from senet_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    if FLAGS.local_device_ids is None:
+        return None
+    try:
+        ids = [int(i) for i in FLAGS.local_device_ids]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 0 or len(set(ids)) < len(ids):
+        raise UserError('--local_device_ids must be distinct device numbers such '
+                        f'as 0 or 0,1, got {",".join(FLAGS.local_device_ids)!r}')
+    return ids
+
+
 def init_distributed():
     import jax  # pylint: disable=g-import-not-at-top
+    ids = local_device_ids()
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes,
-                                   process_id=FLAGS.process_id)
+                                   process_id=FLAGS.process_id,
+                                   local_device_ids=ids)
     elif _cluster_detected():
-        jax.distributed.initialize()
+        jax.distributed.initialize(local_device_ids=ids)
+    elif ids is not None:
+        from senet_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+        raise UserError('--local_device_ids is for one of several processes: give '
+                        '--coordinator_address, --num_processes and --process_id too')
 
 
 def main(argv):
@@ -112,9 +139,11 @@ def main(argv):
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         tf.config.set_visible_devices([], 'GPU')
         from senet_jax import trainer  # pylint: disable=g-import-not-at-top
-        logging.info('JAX process %d/%d, %d local / %d global devices',
+        logging.info('JAX process %d/%d, %d local / %d global devices%s',
                      jax.process_index(), jax.process_count(),
-                     jax.local_device_count(), jax.device_count())
+                     jax.local_device_count(), jax.device_count(),
+                     f' (local_device_ids {FLAGS.local_device_ids})'
+                     if FLAGS.local_device_ids else '')
         trainer.train_and_evaluate(config, FLAGS.workdir)
         if watch:
             watch.done()

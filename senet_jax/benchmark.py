@@ -243,14 +243,15 @@ def input_pipeline_benchmark(directory, image_size, num_images):
     holds on a shared machine where wall-clock figures drift.
     """
     import tensorflow as tf
-    from senet_jax.data import preprocess_train
+    from senet_jax.data import preprocess
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
                    if f.lower().endswith(('.jpg', '.jpeg', '.png')))
     if not files:
         raise ValueError(f'no .jpg/.jpeg/.png images under {directory}.')
     blobs = [tf.io.read_file(f).numpy() for f in files]   # time decode and crop, not the disk
     ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().take(num_images).enumerate()
-    ds = ds.map(lambda i, b: preprocess_train(b, tf.stack([tf.constant(0, tf.int64), i]), image_size),
+    ds = preprocess.tpu_host_options(ds)   # the trainer's threading: one thread per core
+    ds = ds.map(lambda i, b: preprocess.preprocess_train(b, tf.stack([tf.constant(0, tf.int64), i]), image_size),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.batch(64).prefetch(2)
     for _ in ds.take(1):
@@ -259,7 +260,7 @@ def input_pipeline_benchmark(directory, image_size, num_images):
     n = sum(int(b.shape[0]) for b in ds)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     return {'images_per_sec': n / wall, 'images_per_sec_per_core': n / cpu,
-            'cpu_seconds': cpu, 'cores': os.cpu_count(), 'num_files': len(files),
+            'cpu_seconds': cpu, 'cores': preprocess.host_cores(), 'num_files': len(files),
             'image_size': image_size}
 
 

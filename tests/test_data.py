@@ -141,7 +141,7 @@ def _assert_tpu_host_options(ds):
     """The tf.data options for a TPU host, read off the batched dataset: set
     where the images are mapped, they hold for the whole pipeline."""
     options = ds.options()
-    assert options.threading.private_threadpool_size == 48
+    assert options.threading.private_threadpool_size == len(os.sched_getaffinity(0))
     assert options.threading.max_intra_op_parallelism == 1
     assert options.experimental_optimization.inject_prefetch is False
     assert options.deterministic is True
@@ -278,7 +278,7 @@ def test_prepared_tfds_dataset(tmp_path):
         np.testing.assert_array_equal(a['image'], b['image'])
         np.testing.assert_array_equal(a['label'], b['label'])
     source = data.source_class('dummy_mnist')(cfg, indexing.Shard(4))
-    _assert_tpu_host_options(source.train_dataset(1, 2))
+    _assert_tpu_host_options(source.train_dataset(7))
     _assert_tpu_host_options(source.eval_dataset())
     want = sorted(int(ex['label']) for ex in tfds.builder(
         'dummy_mnist', data_dir=str(tmp_path)).as_dataset(split='test'))

@@ -9,7 +9,9 @@ Resumability: the training stream is a pure function of (seed, step). Epoch `e`
 visits the examples in an order fixed by (seed, e); step `s` is batch
 `s % steps_per_epoch` of epoch `s // steps_per_epoch`, and random augmentation
 is seeded by the example's position in the stream. A run restarted at step `s`
-therefore sees exactly the batches an uninterrupted run would have seen.
+therefore sees exactly the batches an uninterrupted run would have seen. A
+tfds source shuffles windows of whole TFRecord files (`tfds.epoch_windows`), so a
+resume skips files instead of reading the records it skips.
 
 Evaluation covers every example exactly once: the last batch is padded and
 masked, nothing is dropped.

@@ -6,21 +6,29 @@ is ever decompressed.
 """
 
 import math
+import os
 
 import tensorflow as tf
 
+
+def host_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a process
+    pinned with taskset or numactl, one per GPU, counts only its own)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 # tf.data threading for a TPU host (as big_vision and the flax ImageNet example
-# set it): the input pipeline gets its own pool instead of sharing TF's global
-# one, and each op runs single-threaded, since the parallelism is across
-# examples (map's parallel calls).
-PRIVATE_THREADPOOL_SIZE = 48
-
-
+# set it): the input pipeline gets its own pool, one thread per core this
+# process may use, instead of sharing TF's global one, and each op runs
+# single-threaded, since the parallelism is across examples (map's parallel
+# calls).
 def tpu_host_options(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` with the TPU-host tf.data options; deterministic order kept."""
     options = tf.data.Options()
     options.deterministic = True
-    options.threading.private_threadpool_size = PRIVATE_THREADPOOL_SIZE
+    options.threading.private_threadpool_size = host_cores()
     options.threading.max_intra_op_parallelism = 1
     # Automatically injected prefetch buffers grow host RAM use (big_vision).
     options.experimental_optimization.inject_prefetch = False

@@ -3,10 +3,22 @@
 Training never downloads: an unprepared dataset fails at once with the command
 that prepares it. `data_dir` may be local or a gs:// URL; it is handed to tfds
 as given (TensorFlow's file system reads both).
+
+Training reads the split's TFRecord files in windows of about
+`shuffle_buffer` records, each shuffled whole (`epoch_windows`): one tf.data
+pipeline for all epochs, and a resume that opens no file before the window it
+resumes in. (tf.data's sliding shuffle buffer cannot do this: what it yields
+at record r depends on every record read before.) The pipeline holds about
+three windows of encoded records (one being yielded, one loaded ahead, the one
+being read): by arithmetic, ~5 GB per process at ImageNet's ~110 KB per JPEG
+and the default 16k; lower `shuffle_buffer` with several processes per host.
+Splits tfds knows no TFRecord files of (another file format,
+tfds.testing.mock_data) go through tfds' own reader, an epoch at a time.
 """
 
 import difflib
 import math
+import os
 
 from etils import epath
 import numpy as np
@@ -67,6 +79,66 @@ def _num_examples(builder, split):
     return n if n >= 0 else sum(1 for _ in ds)
 
 
+def _tfrecord_files(builder, split):
+    """(filenames, skips, takes) of the TFRecord file instructions that make up
+    `split`, as numpy arrays; None where tfds knows no TFRecord files (another
+    file format, or tfds.testing.mock_data)."""
+    if (not builder.info.splits
+            or builder.info.file_format != tfds.core.FileFormat.TFRECORD):
+        return None
+    instructions = [f for f in builder.info.splits[split].file_instructions if f.take]
+    return (np.array([os.fspath(f.filename) for f in instructions]),
+            np.array([f.skip for f in instructions], np.int64),
+            np.array([f.take for f in instructions], np.int64))
+
+
+def files_per_window(file_sizes, shuffle_buffer: int) -> int:
+    """Files per window so that a window holds about `shuffle_buffer` records."""
+    mean = max(1.0, float(np.mean(file_sizes)))
+    return int(min(len(file_sizes), max(1, round(shuffle_buffer / mean))))
+
+
+def epoch_windows(file_sizes, per_window: int, seed: int, epoch, records: int,
+                  skip, first_position) -> tf.data.Dataset:
+    """The windows of `epoch` from its record `skip` on: a dataset of (file
+    indices in read order, the window's records to yield as indices into
+    them in read order, stream position of the first).
+
+    Epoch `epoch` permutes the files (seeded by (seed, epoch)) and cuts them
+    into windows of `per_window` files; each window's records are shuffled
+    whole (seeded by the window's number too); the windows one after another,
+    cut to `records`, are the epoch. Windows that end before `skip` are left
+    out, so their files are never opened. Computed in the graph, so that the
+    pipeline runs no Python.
+    """
+    num_files = len(file_sizes)
+    num_windows = -(-num_files // per_window)
+    epoch = tf.cast(epoch, tf.int64)
+    key = tf.stack([tf.constant(seed, tf.int64), epoch])
+    files = tf.random.experimental.stateless_shuffle(
+        tf.range(num_files, dtype=tf.int64), seed=key)
+    # Pad to whole windows with a file of no records (index num_files).
+    files = tf.reshape(tf.concat([files, tf.fill(
+        [num_windows * per_window - num_files], tf.constant(num_files, tf.int64))], 0),
+        [num_windows, per_window])
+    sizes = tf.gather(tf.constant(list(file_sizes) + [0], tf.int64), files)
+    size = tf.reduce_sum(sizes, axis=1)
+    start = tf.cumsum(size, exclusive=True)
+
+    def window(files, start, size, w):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), seed=tf.random.experimental.stateless_fold_in(key, w))
+        lo, end = tf.maximum(start, skip), tf.minimum(start + size, records)
+        return (tf.boolean_mask(files, files < num_files), order[lo - start:end - start],
+                first_position + lo)
+
+    windows = tf.data.Dataset.from_tensor_slices(
+        (files, start, size, tf.range(num_windows, dtype=tf.int64)))
+    windows = windows.filter(lambda f, start, size, w: (start < records) &
+                             (start + size > skip))
+    return windows.map(window)
+
+
 class TfdsSource(Source):
     """Each process reads its own contiguous slice of each split."""
 
@@ -97,6 +169,13 @@ class TfdsSource(Source):
         self.interpolation = config.get('eval_interpolation', '')
         self.shuffle_buffer = config.get('shuffle_buffer', 16 * 1024)
         self.decoders = {self.image_key: tfds.decode.SkipDecoding()}
+        self.files = _tfrecord_files(builder, self.train_part)
+        if self.files is not None:
+            self.file_sizes = self.files[2]
+            self.files_per_window = files_per_window(
+                self.file_sizes, self.shuffle_buffer)
+            self.max_window_records = int(np.sort(self.file_sizes)[
+                -self.files_per_window:].sum())
 
     def train_image(self, data, seed):
         """Encoded bytes -> the augmented uint8 [S, S, 3] training image."""
@@ -107,8 +186,60 @@ class TfdsSource(Source):
         return preprocess.preprocess_eval(data, self.image_size, self.crop_fraction,
                                           self.interpolation)
 
-    def _epoch_records(self, epoch):
-        """This process's records of `epoch`, in an order fixed by (seed, epoch)."""
+    def train_dataset(self, start_step: int) -> tf.data.Dataset:
+        """This process's batches of steps `start_step`, `start_step` + 1, ...:
+        one pipeline for every epoch, so shuffling and the decoding workers
+        carry on across epoch boundaries."""
+        # Each window: its files' records, read in parallel, shuffled whole.
+        # One window is loaded ahead while the previous one is decoded.
+        local = self.shard.local_batch
+        epoch, offset = divmod(start_step, self.steps_per_epoch)
+
+        def epoch_plan(e):
+            first = indexing.process_epoch_offset(e, self.steps_per_epoch, self.shard)
+            skip = tf.cast(e == epoch, tf.int64) * (offset * local)
+            return epoch_windows(self.file_sizes, self.files_per_window, self.seed, e,
+                                 self.steps_per_epoch * local, skip, first)
+
+        windows = tf.data.Dataset.range(epoch, 2**62).flat_map(epoch_plan)
+        ds = windows.map(self._load_window).prefetch(1)
+        ds = ds.flat_map(lambda records, positions: tf.data.Dataset.from_tensor_slices(
+            (records, positions)))
+
+        def parse(record, position):
+            ex = self.builder.info.features.deserialize_example(
+                record, decoders=self.decoders)
+            seed = preprocess.example_seed(self.seed, position)
+            return self.train_image(ex[self.image_key], seed), ex[self.label_key]
+
+        ds = preprocess.tpu_host_options(ds)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # Every epoch yields whole batches, so no batch spans two epochs.
+        return ds.batch(self.shard.local_batch, drop_remainder=True).prefetch(2)
+
+    def _load_window(self, files, order, position):
+        """A window's records in its shuffled order, with their stream positions."""
+        records = tf.data.Dataset.from_tensor_slices(
+            tuple(tf.gather(tf.constant(a), files) for a in self.files))
+        records = records.interleave(
+            self.read_file, cycle_length=self.files_per_window, block_length=1,
+            num_parallel_calls=self.files_per_window, deterministic=True)
+        # Serialized records: they are parsed and decoded later, in parallel.
+        records = records.batch(self.max_window_records).get_single_element()
+        positions = position + tf.range(tf.size(order, out_type=tf.int64))
+        return tf.gather(records, order), positions
+
+    @staticmethod
+    def read_file(filename, skip, take):
+        """The records of one tfds file instruction (part of one TFRecord file)."""
+        return tf.data.TFRecordDataset(filename, buffer_size=8 << 20).skip(skip).take(take)
+
+    def _tfds_reader_dataset(self, epoch, offset):
+        """Steps `offset`.. of `epoch` through tfds' own reader, for splits
+        whose TFRecord files are not known (another file format;
+        tfds.testing.mock_data): built per epoch, and a resume reads the
+        epoch's records before `offset` to skip them."""
+        local = self.shard.local_batch
         epoch_seed = self.seed * 100003 + epoch
         options = tf.data.Options()
         options.deterministic = True
@@ -117,18 +248,12 @@ class TfdsSource(Source):
             read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, options=options))
         ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed,
                         reshuffle_each_iteration=False)
-        return ds.take(self.steps_per_epoch * self.shard.local_batch)
+        ds = ds.take(self.steps_per_epoch * local).skip(offset * local)
+        ds = ds.enumerate(offset * local + indexing.process_epoch_offset(
+            epoch, self.steps_per_epoch, self.shard))
 
-    def train_dataset(self, epoch: int, offset: int) -> tf.data.Dataset:
-        """This process's batches of steps `offset`.. of `epoch`."""
-        local = self.shard.local_batch
-        # Resume inside an epoch: skip the records already consumed (before
-        # decoding, so it only costs reading).
-        ds = self._epoch_records(epoch).skip(offset * local).enumerate(offset * local)
-        start = indexing.process_epoch_offset(epoch, self.steps_per_epoch, self.shard)
-
-        def parse(i, ex):
-            seed = preprocess.example_seed(self.seed, start + i)
+        def parse(position, ex):
+            seed = preprocess.example_seed(self.seed, position)
             return self.train_image(ex[self.image_key], seed), ex[self.label_key]
 
         ds = preprocess.tpu_host_options(ds)
@@ -136,8 +261,13 @@ class TfdsSource(Source):
         return ds.batch(local, drop_remainder=True).prefetch(2)
 
     def train_batches(self, start_step):
-        for epoch, offset in indexing.epochs_from(start_step, self.steps_per_epoch):
-            for image, label in self.train_dataset(epoch, offset).as_numpy_iterator():
+        if self.files is None:
+            datasets = (self._tfds_reader_dataset(epoch, offset) for epoch, offset
+                        in indexing.epochs_from(start_step, self.steps_per_epoch))
+        else:
+            datasets = [self.train_dataset(start_step)]
+        for ds in datasets:
+            for image, label in ds.as_numpy_iterator():
                 yield {'image': image, 'label': label.astype(np.int32)}
 
     def eval_dataset(self) -> tf.data.Dataset:
