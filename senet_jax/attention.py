@@ -13,7 +13,8 @@ divisor (`_timm_width`), where the project's SqueezeExcite floors by default.
 """
 import dataclasses
 import math
-from typing import Any, Optional
+import re
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -252,13 +253,25 @@ ATTENTIONS = {
 }
 
 
+# Our module names that differ from timm's: flat here, nested there.
+_TORCH_NAMES = ((r'^gather_(conv|norm)(\d+)$', r'gather.\1\2'), (r'^spatial_conv$', 'spatial.conv.conv'),
+                (r'^spatial_bn$', 'spatial.conv.bn'))
+
+
+def torch_name(module: str) -> str:
+    """timm's name (dotted) for one of our blocks' submodule names; others are timm's already."""
+    for pattern, repl in _TORCH_NAMES:
+        module = re.sub(pattern, repl, module)
+    return module
+
+
 def parse_attention(spec):
     """(name, options) of an attention spec: None, a name, or (name, {option: value})."""
     if spec is None:
         return None, {}
     if isinstance(spec, str):
         name, options = spec, {}
-    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], dict):
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], Mapping):
         name, options = spec
     else:
         raise ValueError(f"attention must be None, a name or (name, {{option: value}}), got {spec!r}.")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from senet_jax.attention import torch_name
 from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, model_spec
 from senet_jax.models.mobilenet import torch_module as _mobilenet_module
@@ -72,7 +73,7 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
     down = ('downsample.1', 'downsample.2') if layout == 'timm_d' else ('downsample.0', 'downsample.1')
     for p in rest:
         parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': down[0],
-                      'downsample_bn': down[1]}.get(p, p))
+                      'downsample_bn': down[1]}.get(p, torch_name(p)))   # torch_name: attention blocks
     return '.'.join(parts)
 
 

@@ -20,7 +20,9 @@ record keeps the full network's parameter count too.
 `python tests/make_reference.py attention` stores, in fixtures/attention.json, each
 attention block of `reference_weights.ATTENTION_CASES` against its timm module:
 seeded weights and input, the float64 output, and the gradient of <output, probe>
-with respect to the input and every parameter, each as a norm and a projection.
+with respect to the input and every parameter, each as a norm and a projection;
+and in fixtures/attention_resnet50.json timm's resnet50 at one block per stage with
+each block of `ATTENTION_RESNET50` as its attn_layer (keys, parameter count, logits).
 
 For a few models (TRAIN_NAMES) it also stores one training-mode forward and
 backward pass in fixtures/reference_train/: the loss and logits, and for every
@@ -41,7 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import (ATTENTION_CASES, REDUCED, TRAIN_NAMES, norm_and_projection,  # noqa: E402
+from reference_weights import (ATTENTION_CASES, ATTENTION_RESNET50, ATTENTION_RESNET50_SIZE, REDUCED, TRAIN_NAMES, norm_and_projection,  # noqa: E402
                                random_input, random_state_dict, seeded_normal, train_batch)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
@@ -239,16 +241,43 @@ def make_attention():
         json.dump(record, f, separators=(',', ':'))
 
 
+def make_attention_resnet50():
+    """timm's resnet50 at one block per stage with each attention block: state_dict keys,
+    parameter count and float64 eval logits at an odd size, in fixtures/attention_resnet50.json."""
+    timm = _import_timm()
+    records = {}
+    h, w = ATTENTION_RESNET50_SIZE
+    for attn in ATTENTION_RESNET50:
+        model = timm.create_model('resnet50', pretrained=False, layers=[1, 1, 1, 1], num_classes=10,
+                                  block_args=dict(attn_layer=attn)).eval()
+        sd = model.state_dict()
+        keys = [(k, list(v.shape)) for k, v in sd.items()]
+        weights = random_state_dict(keys)
+        model.load_state_dict({k: torch.from_numpy(weights[k]) if k in weights else v for k, v in sd.items()})
+        model = model.double()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(random_input(h, w)).double())[0]
+        records[attn] = {'keys': keys, 'num_params': _num_params(model),
+                         'logits': [float(f'{v:.12g}') for v in logits.tolist()]}
+        print(f'resnet50 attn_layer={attn:5s} params {records[attn]["num_params"]:>11,}')
+    record = {'source': f'timm {timm.__version__}', 'torch_version': torch.__version__,
+              'overrides': {'layers': [1, 1, 1, 1], 'num_classes': 10}, 'size': [h, w], 'models': records}
+    with open(os.path.join(os.path.dirname(OUT), 'attention_resnet50.json'), 'w') as f:
+        json.dump(record, f, separators=(',', ':'))
+
+
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(OUT_TRAIN, exist_ok=True)
     if sys.argv[1:] == ['attention']:
         make_attention()
+        make_attention_resnet50()
         sys.exit()
     if not sys.argv[1:]:
         make_pth()
         make_attention()
+        make_attention_resnet50()
     for name in sys.argv[1:] or [n for n in list_models() if model_spec(n).reference]:
         make(name)
         if name in TRAIN_NAMES:

@@ -127,3 +127,8 @@ ATTENTION_CASES = [
     ('cbam_c32', 'cbam', 'CbamModule', {}, (2, 32, 7, 9)),
     ('cbam_c40', 'cbam', 'CbamModule', {}, (2, 40, 5, 11)),
 ]
+
+# timm's resnet50 at one block per stage with each attention block (block_args=dict(attn_layer=X)),
+# against ours: attention name -> our `attention` option. timm's SEModule rounds widths to 8.
+ATTENTION_RESNET50 = {'se': ('se', {'divisor': 8}), 'ese': 'ese', 'eca': 'eca', 'gc': 'gc', 'cbam': 'cbam'}
+ATTENTION_RESNET50_SIZE = (67, 53)

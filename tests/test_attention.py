@@ -15,13 +15,18 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from reference_weights import ATTENTION_CASES, norm_and_projection, random_state_dict, seeded_normal
+from reference_weights import (ATTENTION_CASES, ATTENTION_RESNET50, norm_and_projection, random_input,
+                               random_state_dict, seeded_normal)
 from senet_jax import attention
 from senet_jax.attention import ATTENTIONS, create_attention, eca_kernel_size, parse_attention
+from senet_jax.convert import torch_to_flax
+from senet_jax.models import create_model
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'attention.json')
 with open(FIXTURE) as f:
     REFERENCE = {case['id']: case for case in json.load(f)['cases']}
+with open(os.path.join(os.path.dirname(__file__), 'fixtures', 'attention_resnet50.json')) as f:
+    RESNET50 = json.load(f)
 
 # timm's module names where ours differ (flattened into the block).
 _RENAMES = [(r'^gather\.conv(\d)\.', r'gather_conv\1.'), (r'^gather\.norm(\d)\.', r'gather_norm\1.'),
@@ -135,3 +140,41 @@ def test_common_options_reach_only_the_blocks_that_have_them():
     assert (se.reduction, se.dtype, se.name) == (8, jnp.bfloat16, 'se')
     assert create_attention('cbam', train=True).train
     assert isinstance(se, attention.SqueezeExcite)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('attn', sorted(ATTENTION_RESNET50))
+def test_resnet50_with_each_block_matches_timm(attn):
+    """Our resnet50 with `attention=X` against timm's resnet50 with block_args=dict(attn_layer=X),
+    at one block per stage, in float64: the converter maps every key, the parameter counts agree,
+    the logits agree to 1e-9 of their largest."""
+    ref = RESNET50['models'][attn]
+    spec = ATTENTION_RESNET50[attn]
+    spec = spec if isinstance(spec, str) else tuple(spec)
+    layers = tuple(RESNET50['overrides']['layers'])
+    variables = torch_to_flax('resnet50', random_state_dict(ref['keys']), layers=layers, attention=spec)
+    assert sum(v.size for v in jax.tree.leaves(variables['params'])) == ref['num_params']
+    h, w = RESNET50['size']
+    with jax.enable_x64(True):
+        model = create_model('resnet50', layers=layers, attention=spec, num_classes=10,
+                             dtype=jnp.float64, param_dtype=jnp.float64)
+        variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
+        x = jnp.asarray(random_input(h, w).transpose(0, 2, 3, 1), jnp.float64)
+        got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))[0]
+    want = np.asarray(ref['logits'])
+    assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max()
+
+
+def test_resnet_takes_a_block_by_name_in_place_of_se():
+    """`attention=X` puts block X where SE sits, named 'se' as timm names it; 'se' keeps the
+    family's SE options and variable names; None (the plain baselines) puts none."""
+    shapes = lambda name, **kw: jax.eval_shape(lambda: create_model(name, **kw).init(
+        jax.random.key(0), jnp.zeros((1, 16, 16, 3))))['params']
+    se = shapes('se_resnet_mini')
+    assert set(se['stage2_block0']['se']) == {'fc1', 'fc2'}
+    assert jax.tree.map(jnp.shape, shapes('se_resnet_mini', attention='se')) == jax.tree.map(jnp.shape, se)
+    assert set(shapes('se_resnet_mini', attention='eca')['stage2_block0']['se']) == {'conv'}
+    assert 'se' not in shapes('resnet_mini')['stage2_block0']
+    assert set(shapes('resnet_mini', attention='gc')['stage3_block0']['se']) == {'conv_attn', 'mlp_scale'}
+    with pytest.raises(ValueError, match=r"^attention must be one of .*got 'cbma'\. Did you mean 'cbam'"):
+        create_model('se_resnet_mini', attention='cbma')
