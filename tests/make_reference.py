@@ -245,11 +245,14 @@ def make_attention_resnet50():
     """timm's resnet50 at one block per stage with each attention block: state_dict keys,
     parameter count and float64 eval logits at an odd size, in fixtures/attention_resnet50.json."""
     timm = _import_timm()
+    import functools
+    from timm.layers import GatherExcite
+    layer_of = lambda attn: functools.partial(GatherExcite, use_mlp=False) if attn == 'ge' else attn
     records = {}
     h, w = ATTENTION_RESNET50_SIZE
     for attn in ATTENTION_RESNET50:
         model = timm.create_model('resnet50', pretrained=False, layers=[1, 1, 1, 1], num_classes=10,
-                                  block_args=dict(attn_layer=attn)).eval()
+                                  block_args=dict(attn_layer=layer_of(attn))).eval()
         sd = model.state_dict()
         keys = [(k, list(v.shape)) for k, v in sd.items()]
         weights = random_state_dict(keys)

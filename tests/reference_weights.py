@@ -129,6 +129,8 @@ ATTENTION_CASES = [
 ]
 
 # timm's resnet50 at one block per stage with each attention block (block_args=dict(attn_layer=X)),
-# against ours: attention name -> our `attention` option. timm's SEModule rounds widths to 8.
-ATTENTION_RESNET50 = {'se': ('se', {'divisor': 8}), 'ese': 'ese', 'eca': 'eca', 'gc': 'gc', 'cbam': 'cbam'}
+# against ours: attention name -> our `attention` option. timm's SEModule rounds widths to 8;
+# 'ge' is GatherExcite's parameter-free form (use_mlp=False), the only one timm 1.0.31 builds.
+ATTENTION_RESNET50 = {'se': ('se', {'divisor': 8}), 'ese': 'ese', 'eca': 'eca', 'gc': 'gc', 'cbam': 'cbam',
+                      'ge': ('ge', {'use_mlp': False})}
 ATTENTION_RESNET50_SIZE = (67, 53)
