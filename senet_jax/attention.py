@@ -242,6 +242,71 @@ class CBAM(nn.Module):
         return u * t.astype(u.dtype)
 
 
+def _timm_make_divisible(v: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """timm's `make_divisible` with its default round_limit: never more than 10% below v."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < round_limit * v else new
+
+
+class SelectiveKernel(nn.Module):
+    """Selective Kernel convolution (Li, Wang, Hu and Yang, SKNet, CVPR 2019; timm's
+    SelectiveKernel). Not an attention block that scales features: it replaces a
+    convolution (in timm's skresnets, the 3x3 of each block), so it is not in
+    `ATTENTIONS`.
+
+    One path per kernel size (conv, BN, ReLU; timm's default 3 and 5, the 5x5 as a
+    3x3 dilated by 2 with `keep_3x3`), each on its share of the input channels with
+    `split_input`; the paths' sum is squeezed and projected (`attn_fc_reduce`, BN,
+    ReLU, `attn_fc_select`, no biases) to one weight per path and channel, a softmax
+    over the paths, which weighs their sum. The weights, (N, paths, C), are sown as
+    'path_weights'.
+    """
+    features: Optional[int] = None   # output channels; None: the input's
+    kernel_sizes: Any = (3, 5)
+    strides: int = 1
+    dilation: int = 1
+    groups: int = 1
+    reduction: float = 16
+    divisor: int = 8
+    keep_3x3: bool = True
+    split_input: bool = True
+    train: bool = False
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c_in = x.shape[-1]
+        features = self.features or c_in
+        kernels = tuple(self.kernel_sizes)
+        dilations = [self.dilation * (k - 1) // 2 for k in kernels] if self.keep_3x3 \
+            else [self.dilation] * len(kernels)
+        kernels = [3] * len(kernels) if self.keep_3x3 else kernels
+        paths = len(kernels)
+        if self.split_input and c_in % paths:
+            raise ValueError(f'Selective Kernel with split_input needs input channels divisible by '
+                             f'its {paths} paths, got {c_in}.')
+        inputs = jnp.split(x, paths, axis=-1) if self.split_input else [x] * paths
+        groups = min(features, self.groups)
+        ys = []
+        for i, (k, d, xi) in enumerate(zip(kernels, dilations, inputs)):
+            p = ((self.strides - 1) + d * (k - 1)) // 2   # timm's get_padding
+            y = nn.Conv(features, (k, k), self.strides, padding=[(p, p), (p, p)], kernel_dilation=d,
+                        feature_group_count=groups, use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=f'path{i}_conv')(xi)
+            ys.append(nn.relu(_batch_norm(self.train, self.dtype, self.param_dtype, f'path{i}_bn')(y)))
+        y = jnp.stack(ys, axis=1)                          # (N, paths, H, W, C)
+        z = _mean_hw(jnp.sum(y, axis=1))
+        z = nn.Dense(_timm_make_divisible(features / self.reduction, self.divisor), use_bias=False,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name='attn_fc_reduce')(z)
+        z = nn.relu(_batch_norm(self.train, self.dtype, self.param_dtype, 'attn_bn')(z))
+        z = nn.Dense(features * paths, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name='attn_fc_select')(z)
+        a = jax.nn.softmax(z.reshape(z.shape[0], paths, features), axis=1)
+        self.sow('intermediates', 'path_weights', a)
+        return jnp.sum(y * a[:, :, None, None, :].astype(y.dtype), axis=1)
+
+
 # name -> block; SqueezeExcite is the project's SE block, unchanged.
 ATTENTIONS = {
     'se': SqueezeExcite,
@@ -255,7 +320,8 @@ ATTENTIONS = {
 
 # Our module names that differ from timm's: flat here, nested there.
 _TORCH_NAMES = ((r'^gather_(conv|norm)(\d+)$', r'gather.\1\2'), (r'^spatial_conv$', 'spatial.conv.conv'),
-                (r'^spatial_bn$', 'spatial.conv.bn'))
+                (r'^spatial_bn$', 'spatial.conv.bn'), (r'^path(\d+)_(conv|bn)$', r'paths.\1.\2'),
+                (r'^attn_(fc_reduce|bn|fc_select)$', r'attn.\1'))
 
 
 def torch_name(module: str) -> str:

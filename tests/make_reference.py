@@ -226,12 +226,13 @@ def make_attention():
                                 for k, v in sd.items()})
         x = torch.from_numpy(seeded_normal(case_id + '/x', shape)).requires_grad_()
         out = module(x)
-        probe = seeded_normal(case_id + '/out', shape)
+        probe = seeded_normal(case_id + '/out', tuple(out.shape))
         loss = (out * torch.from_numpy(probe)).sum()
         loss.backward()
         param_probe = random_state_dict(keys, seed=1)
         records.append({
-            'id': case_id, 'spec': spec, 'timm': cls, 'kwargs': kwargs, 'shape': list(shape), 'keys': keys,
+            'id': case_id, 'spec': spec, 'timm': cls, 'kwargs': kwargs, 'shape': list(shape),
+            'out_shape': list(out.shape), 'keys': keys,
             'out': _record(out, probe),
             'grads': {'input': _record(x.grad, seeded_normal(case_id + '/dx', shape)),
                       **{k: _record(p.grad, param_probe[k]) for k, p in module.named_parameters()}}})

@@ -126,6 +126,12 @@ ATTENTION_CASES = [
     ('gc_c20', 'gc', 'GlobalContext', {}, (2, 20, 5, 11)),   # C/8 = 2.5: timm rounds to 3
     ('cbam_c32', 'cbam', 'CbamModule', {}, (2, 32, 7, 9)),
     ('cbam_c40', 'cbam', 'CbamModule', {}, (2, 40, 5, 11)),
+    # Selective Kernel: a convolution, not a block that scales (senet_jax.attention.SelectiveKernel).
+    ('sk_c16', ('sk', {}), 'SelectiveKernel', {}, (2, 16, 7, 9)),
+    ('sk_c32_s2', ('sk', {'features': 64, 'strides': 2}), 'SelectiveKernel', {'out_channels': 64, 'stride': 2},
+     (2, 32, 5, 11)),
+    ('sk_5x5_groups', ('sk', {'split_input': False, 'keep_3x3': False, 'groups': 4}), 'SelectiveKernel',
+     {'split_input': False, 'keep_3x3': False, 'groups': 4}, (2, 16, 7, 9)),
 ]
 
 # timm's resnet50 at one block per stage with each attention block (block_args=dict(attn_layer=X)),

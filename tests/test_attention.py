@@ -7,7 +7,6 @@ projection; the seeded weights, input and probes are rebuilt here with numpy alo
 """
 import json
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +17,9 @@ from flax import traverse_util
 from reference_weights import (ATTENTION_CASES, ATTENTION_RESNET50, norm_and_projection, random_input,
                                random_state_dict, seeded_normal)
 from senet_jax import attention
-from senet_jax.attention import ATTENTIONS, create_attention, eca_kernel_size, parse_attention
-from senet_jax.convert import torch_to_flax
+from senet_jax.attention import (ATTENTIONS, SelectiveKernel, create_attention, eca_kernel_size,
+                                 parse_attention, torch_name)
+from senet_jax.convert import _to_flax, torch_to_flax
 from senet_jax.models import create_model
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'attention.json')
@@ -28,37 +28,30 @@ with open(FIXTURE) as f:
 with open(os.path.join(os.path.dirname(__file__), 'fixtures', 'attention_resnet50.json')) as f:
     RESNET50 = json.load(f)
 
-# timm's module names where ours differ (flattened into the block).
-_RENAMES = [(r'^gather\.conv(\d)\.', r'gather_conv\1.'), (r'^gather\.norm(\d)\.', r'gather_norm\1.'),
-            (r'^spatial\.conv\.conv\.', 'spatial_conv.'), (r'^spatial\.conv\.bn\.', 'spatial_bn.')]
+_LEAF = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias', ('params', 'scale'): 'weight',
+         ('batch_stats', 'mean'): 'running_mean', ('batch_stats', 'var'): 'running_var'}
 
 
-def _ours(key, value):
-    """(collection, path, array) of a timm state_dict entry in our layout."""
-    for pattern, repl in _RENAMES:
-        key = re.sub(pattern, repl, key)
-    *path, leaf = key.split('.')
-    if leaf == 'running_mean':
-        return 'batch_stats', (*path, 'mean'), value
-    if leaf == 'running_var':
-        return 'batch_stats', (*path, 'var'), value
-    if leaf == 'bias':
-        return 'params', (*path, 'bias'), value
-    if value.ndim == 1:                              # a norm's weight
-        return 'params', (*path, 'scale'), value
-    if value.ndim == 3:                              # Conv1d (1, 1, k) -> (k, 1, 1)
-        return 'params', (*path, 'kernel'), value.transpose(2, 1, 0)
-    if value.shape[2:] == (1, 1):
-        return 'params', (*path, 'kernel'), value[:, :, 0, 0].T   # a 1x1 conv as a Dense
-    return 'params', (*path, 'kernel'), value.transpose(2, 3, 1, 0)   # OIHW -> HWIO
+def _torch_key(path):
+    """timm's state_dict key of one of our variables, (collection, *module path, leaf)."""
+    collection, *modules, leaf = path
+    return '.'.join([torch_name(m) for m in modules] + [_LEAF[(collection, leaf)]])
 
 
-def _variables(keys, weights):
-    flat = {}
-    for k, _ in keys:
-        collection, path, value = _ours(k, np.asarray(weights[k], np.float64))
-        flat[(collection, *path)] = jnp.asarray(value)
-    return traverse_util.unflatten_dict(flat)
+def _variables(shapes, weights):
+    """Our variables of the given shapes from timm's state_dict, through convert.py's layout rule."""
+    flat = traverse_util.flatten_dict(shapes)
+    assert sorted(_torch_key(p) for p in flat) == sorted(weights)   # one to one
+    return traverse_util.unflatten_dict({
+        p: jnp.asarray(_to_flax(np.asarray(weights[_torch_key(p)], np.float64), p[-1], len(s.shape)))
+        for p, s in flat.items()})
+
+
+def _block(spec):
+    name, options = (spec, {}) if isinstance(spec, str) else spec
+    if name == 'sk':
+        return SelectiveKernel(**options, param_dtype=jnp.float64)
+    return create_attention(spec, param_dtype=jnp.float64)
 
 
 def _nhwc(a):
@@ -66,22 +59,22 @@ def _nhwc(a):
 
 
 # One case per block form in the fast tier; the rest (other widths and sizes) in the full suite.
-FAST = {'se_c24', 'ese_c24', 'eca_c256', 'ge_e2', 'ge_mlp_global', 'ge_params_e4', 'gc_c20', 'cbam_c40'}
+FAST = {'se_c24', 'ese_c24', 'eca_c256', 'ge_e2', 'ge_mlp_global', 'ge_params_e4', 'gc_c20', 'cbam_c40',
+        'sk_c32_s2'}
 
 
 @pytest.mark.parametrize('case_id', [c[0] if c[0] in FAST else pytest.param(c[0], marks=pytest.mark.slow)
                                      for c in ATTENTION_CASES])
 def test_block_matches_timm(case_id):
     ref = REFERENCE[case_id]
-    shape, keys = tuple(ref['shape']), ref['keys']
+    shape, out_shape, keys = tuple(ref['shape']), tuple(ref['out_shape']), ref['keys']
     spec = ref['spec'] if isinstance(ref['spec'], str) else tuple(ref['spec'])
     with jax.enable_x64(True):
-        block = create_attention(spec, param_dtype=jnp.float64)
+        block = _block(spec)
         x = _nhwc(seeded_normal(case_id + '/x', shape))
-        probe = _nhwc(seeded_normal(case_id + '/out', shape))
-        variables = _variables(keys, random_state_dict(keys))
-        shapes = jax.tree_util.tree_map(jnp.shape, jax.eval_shape(block.init, jax.random.PRNGKey(0), x))
-        assert shapes == jax.tree_util.tree_map(jnp.shape, variables)   # every parameter mapped
+        probe = _nhwc(seeded_normal(case_id + '/out', out_shape))
+        shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), x)
+        variables = _variables(shapes, random_state_dict(keys))
 
         def loss(params, x):
             out = block.apply({**variables, 'params': params}, x)
@@ -93,15 +86,14 @@ def test_block_matches_timm(case_id):
         np.testing.assert_allclose(norm_and_projection(g_x, _nhwc(seeded_normal(case_id + '/dx', shape))),
                                    ref['grads']['input'], rtol=1e-6, atol=1e-9)
         probes = random_state_dict(keys, seed=1)
-        g_flat = traverse_util.flatten_dict(g_params)
         checked = 0
-        for k, _ in keys:
-            collection, path, p = _ours(k, np.asarray(probes[k], np.float64))
-            if collection == 'params':
-                np.testing.assert_allclose(norm_and_projection(g_flat[path], p), ref['grads'][k],
-                                           rtol=1e-6, atol=1e-9, err_msg=k)
-                checked += 1
-        assert checked == len(g_flat)
+        for path, grad in traverse_util.flatten_dict({'params': g_params}).items():
+            key = _torch_key(path)
+            p = _to_flax(np.asarray(probes[key], np.float64), path[-1], grad.ndim)
+            np.testing.assert_allclose(norm_and_projection(grad, p), ref['grads'][key],
+                                       rtol=1e-6, atol=1e-9, err_msg=key)
+            checked += 1
+        assert checked == len(ref['grads']) - 1   # every parameter, and the input
 
 
 def test_eca_kernel_size_follows_the_paper():
@@ -119,6 +111,19 @@ def test_every_block_runs_in_bfloat16_and_sows_its_gate(name):
     assert y.shape == x.shape and y.dtype == jnp.bfloat16
     assert bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
     assert state['intermediates']['gate'][0].shape == (2, 16)
+
+
+def test_selective_kernel_runs_in_bfloat16_and_sows_its_path_weights():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 16), jnp.bfloat16)
+    block = SelectiveKernel(features=8, strides=2, dtype=jnp.bfloat16, train=True)
+    init_and_apply = lambda x: block.apply(block.init(jax.random.PRNGKey(1), x), x,
+                                           mutable=['intermediates', 'batch_stats'])
+    y, state = jax.jit(init_and_apply)(x)
+    assert y.shape == (2, 3, 4, 8) and y.dtype == jnp.bfloat16
+    weights = state['intermediates']['path_weights'][0].astype(jnp.float32)
+    assert weights.shape == (2, 2, 8) and np.allclose(weights.sum(1), 1, atol=1e-2)   # a softmax over paths
+    with pytest.raises(ValueError, match='^Selective Kernel with split_input needs input channels divisible'):
+        SelectiveKernel(kernel_sizes=(3, 5, 7)).init(jax.random.PRNGKey(0), x)
 
 
 def test_unknown_name_and_option_are_refused_in_one_sentence():
