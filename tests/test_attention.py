@@ -59,7 +59,7 @@ def _nhwc(a):
 
 
 # One case per block form in the fast tier; the rest (other widths and sizes) in the full suite.
-FAST = {'se_c24', 'ese_c24', 'eca_c256', 'ge_e2', 'ge_mlp_global', 'ge_params_e4', 'gc_c20', 'cbam_c40',
+FAST = {'se_c24', 'ese_c24', 'eca_c256', 'ge_e2', 'ge_params_e4', 'gc_c20', 'cbam_c40',
         'sk_c32_s2'}
 
 
@@ -101,29 +101,49 @@ def test_eca_kernel_size_follows_the_paper():
     assert [eca_kernel_size(c) for c in (16, 64, 256, 512, 1024, 2048)] == [3, 3, 5, 5, 5, 7]
 
 
-@pytest.mark.parametrize('name', sorted(ATTENTIONS))
-def test_every_block_runs_in_bfloat16_and_sows_its_gate(name):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 16), jnp.bfloat16)
-    block = create_attention(name, dtype=jnp.bfloat16, train=True)
-    init_and_apply = lambda x: block.apply(block.init(jax.random.PRNGKey(1), x), x,
-                                           mutable=['intermediates', 'batch_stats'])
-    y, state = jax.jit(init_and_apply)(x)
-    assert y.shape == x.shape and y.dtype == jnp.bfloat16
-    assert bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
-    assert state['intermediates']['gate'][0].shape == (2, 16)
+def _bfloat16_blocks():
+    blocks = {name: create_attention(name, dtype=jnp.bfloat16, train=True) for name in ATTENTIONS}
+    blocks['sk'] = SelectiveKernel(features=8, strides=2, dtype=jnp.bfloat16, train=True)
+    return blocks
 
 
-def test_selective_kernel_runs_in_bfloat16_and_sows_its_path_weights():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 16), jnp.bfloat16)
-    block = SelectiveKernel(features=8, strides=2, dtype=jnp.bfloat16, train=True)
-    init_and_apply = lambda x: block.apply(block.init(jax.random.PRNGKey(1), x), x,
-                                           mutable=['intermediates', 'batch_stats'])
-    y, state = jax.jit(init_and_apply)(x)
-    assert y.shape == (2, 3, 4, 8) and y.dtype == jnp.bfloat16
-    weights = state['intermediates']['path_weights'][0].astype(jnp.float32)
-    assert weights.shape == (2, 2, 8) and np.allclose(weights.sum(1), 1, atol=1e-2)   # a softmax over paths
+def test_every_block_traces_in_bfloat16_and_sows_its_gate():
+    """Every registered block and SelectiveKernel, traced in bfloat16 in training mode
+    (shapes and dtypes only: compiling them costs seconds, the slow test below runs them)."""
+    x = jax.ShapeDtypeStruct((2, 5, 7, 16), jnp.bfloat16)
+    for name, block in _bfloat16_blocks().items():
+        variables = jax.eval_shape(block.init, jax.random.PRNGKey(1), x)
+        y, state = jax.eval_shape(lambda v, x: block.apply(v, x, mutable=['intermediates', 'batch_stats']),
+                                  variables, x)
+        assert y.dtype == jnp.bfloat16, name
+        assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables)), name   # fp32 parameters
+        if name == 'sk':
+            assert y.shape == (2, 3, 4, 8) and state['intermediates']['path_weights'][0].shape == (2, 2, 8)
+        else:
+            assert y.shape == x.shape and state['intermediates']['gate'][0].shape == (2, 16), name
     with pytest.raises(ValueError, match='^Selective Kernel with split_input needs input channels divisible'):
-        SelectiveKernel(kernel_sizes=(3, 5, 7)).init(jax.random.PRNGKey(0), x)
+        jax.eval_shape(SelectiveKernel(kernel_sizes=(3, 5, 7)).init, jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.slow
+def test_every_block_runs_in_bfloat16():
+    """Every registered block and SelectiveKernel in bfloat16, in training mode, in one program."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 16), jnp.bfloat16)
+    blocks = _bfloat16_blocks()
+
+    def run(x):
+        return {name: block.apply(block.init(jax.random.PRNGKey(1), x), x,
+                                  mutable=['intermediates', 'batch_stats'])
+                for name, block in blocks.items()}
+    results = jax.jit(run)(x)
+    for name, (y, state) in results.items():
+        assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(jnp.float32)))), name
+        if name == 'sk':
+            assert y.shape == (2, 3, 4, 8)
+            weights = state['intermediates']['path_weights'][0].astype(jnp.float32)
+            assert weights.shape == (2, 2, 8) and np.allclose(weights.sum(1), 1, atol=1e-2)   # softmax over paths
+        else:
+            assert y.shape == x.shape and state['intermediates']['gate'][0].shape == (2, 16), name
 
 
 def test_unknown_name_and_option_are_refused_in_one_sentence():
