@@ -203,3 +203,17 @@ def test_resnet_takes_a_block_by_name_in_place_of_se():
     assert set(shapes('resnet_mini', attention='gc')['stage3_block0']['se']) == {'conv_attn', 'mlp_scale'}
     with pytest.raises(ValueError, match=r"^attention must be one of .*got 'cbma'\. Did you mean 'cbam'"):
         create_model('se_resnet_mini', attention='cbma')
+
+
+@pytest.mark.parametrize('attn', ['eca', ('ge', {'extent': 2})])
+def test_analysis_reads_the_gates_of_any_block(attn):
+    """se_blocks finds every block in call order, and gates_and_logits reads (N, C) gates
+    (a spatial gate averaged over space), as for SE."""
+    from senet_jax import analysis
+    model = create_model('se_resnet_mini', num_classes=3, attention=attn)
+    x = jnp.zeros((2, 16, 16, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    blocks = analysis.se_blocks(variables, model)
+    assert blocks == [f'stage{s}_block0' for s in (2, 3, 4, 5)]
+    _, gates = jax.eval_shape(lambda v, x: analysis.gates_and_logits(model, v, x), variables, x)
+    assert {b: g.shape for b, g in gates.items()} == dict(zip(blocks, [(2, 16), (2, 32), (2, 64), (2, 128)]))
