@@ -17,7 +17,7 @@ REDUCED = {name: {'layers': [1, 1, 1, 1]} for name in (
     'resnet50d', 'resnet152d', 'se_resnet152d', 'se_resnext26d_32x4d', 'se_resnext26t_32x4d',
     'resnext101_32x8d', 'se_resnext101_32x8d', 'resnext101_64x4d', 'se_resnext101_64x4d',
     'se_resnext101d_32x8d', 'se_resnextaa101d_32x8d', 'se_resnextaa201d_32x8d', 'gluon_senet154',
-    'legacy_se_resnext26_32x4d')}
+    'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d')}
 
 
 def train_batch():

@@ -337,6 +337,16 @@ _SE = dict(se_divisor=8)
 _register('resnet50d', 'resnet50d', 'timm_d', attention=None, layers=_DEPTHS[50], **_D)
 _register('resnet152d', 'resnet152d', 'timm_d', attention=None, layers=_DEPTHS[152], input_size=256, **_D)
 _register('se_resnet152d', 'seresnet152d', 'timm_d', layers=_DEPTHS[152], input_size=256, **_D, **_SE)
+# ECA-Net ResNets (timm's ecaresnet*): the ResNet-D layouts with ECA where SE sits.
+_ECA = dict(attention='eca', avg_down=True, stem_width=64)
+_register('eca_resnet26t', 'ecaresnet26t', 'timm_d', layers=(2, 2, 2, 2), stem='deep_tiered', input_size=256,
+          **_ECA)
+_register('eca_resnet50d', 'ecaresnet50d', 'timm_d', layers=_DEPTHS[50], stem='deep', **_ECA)
+_register('eca_resnet50t', 'ecaresnet50t', 'timm_d', layers=_DEPTHS[50], stem='deep_tiered', input_size=256,
+          **_ECA)
+_register('eca_resnet101d', 'ecaresnet101d', 'timm_d', layers=_DEPTHS[101], stem='deep', **_ECA)
+_register('eca_resnet269d', 'ecaresnet269d', 'timm_d', layers=(3, 30, 48, 8), stem='deep', input_size=320,
+          **_ECA)
 _X = dict(cardinality=32, base_width=4)
 _register('se_resnext26d_32x4d', 'seresnext26d_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_D, **_SE)
 _register('se_resnext26t_32x4d', 'seresnext26t_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_SE,
