@@ -347,6 +347,9 @@ _register('eca_resnet50t', 'ecaresnet50t', 'timm_d', layers=_DEPTHS[50], stem='d
 _register('eca_resnet101d', 'ecaresnet101d', 'timm_d', layers=_DEPTHS[101], stem='deep', **_ECA)
 _register('eca_resnet269d', 'ecaresnet269d', 'timm_d', layers=(3, 30, 48, 8), stem='deep', input_size=320,
           **_ECA)
+# timm's stem_width=32 is unused by its 7x7 stem (64 channels).
+_register('eca_resnetlight', 'ecaresnetlight', 'timm_avg_down', layers=(1, 1, 11, 3), attention='eca',
+          avg_down=True)
 _X = dict(cardinality=32, base_width=4)
 _register('se_resnext26d_32x4d', 'seresnext26d_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_D, **_SE)
 _register('se_resnext26t_32x4d', 'seresnext26t_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_SE,
