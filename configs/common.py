@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
         'gate': ml_collections.config_dict.placeholder(str),
         'se_position': ml_collections.config_dict.placeholder(str),
         'se_stages': ml_collections.config_dict.placeholder(tuple),
+        # the residual family's block by name (senet_jax.attention), e.g. 'eca'.
+        'attention': ml_collections.config_dict.placeholder(str),
         # 'plain' or 'cpu' forces how the layers are computed (None: by platform).
         'kernels': ml_collections.config_dict.placeholder(str),
     })

@@ -122,13 +122,15 @@ def _block_name(se_path) -> str:
 
 
 def _se_call_order(model, variables) -> List[str]:
-    """The parent paths of the SqueezeExcite modules, in the order a forward pass calls them."""
+    """The parent paths of the attention blocks (SqueezeExcite or any other of
+    `attention.ATTENTIONS`), in the order a forward pass calls them."""
     import flax.linen as nn
-    from senet_jax.layers import SqueezeExcite
+    from senet_jax.attention import ATTENTIONS
+    blocks = tuple(ATTENTIONS.values())
     calls = []
 
     def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, SqueezeExcite) and context.method_name == '__call__':
+        if isinstance(context.module, blocks) and context.method_name == '__call__':
             path = _block_name(context.module.path)
             if path not in calls:
                 calls.append(path)
@@ -152,7 +154,7 @@ def gates_and_logits(model, variables, images):
                                 mutable=['intermediates'])
     gates = {}
     for path, sown in traverse_util.flatten_dict(dict(state['intermediates'])).items():
-        if path[-1] == 'gate':      # only SqueezeExcite sows 'gate'
+        if path[-1] == 'gate':      # the attention blocks sow 'gate' (senet_jax.attention)
             g = sown[0].astype(jnp.float32)
             gates[_block_name(path[:-1])] = g.mean(axis=(1, 2)) if g.ndim == 4 else g
     return logits.astype(jnp.float32), gates

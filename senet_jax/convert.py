@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from senet_jax.attention import torch_name
 from senet_jax.checkpoint import user_path
 from senet_jax.models import create_model, model_spec
 from senet_jax.models.mobilenet import torch_module as _mobilenet_module
@@ -55,7 +56,8 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
     """The reference's module name for a Flax module path of `models/resnet.py`.
 
     Layouts: 'timm' and 'legacy' (Cadene's `layer0.*`, `se_module`, `last_linear`);
-    'timm_deep', timm's deep stem; 'timm_d', the deep stem and average-pooled
+    'timm_deep', timm's deep stem; 'timm_avg_down', timm's 7x7 stem and average-pooled
+    shortcuts (ecaresnetlight); 'timm_d', the deep stem and average-pooled
     shortcuts (`downsample.0` is the pool, which has no weights).
     """
     legacy = layout == 'legacy'
@@ -69,10 +71,11 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
         return 'last_linear' if legacy else 'fc'
     stage, block = head[len('stage'):].split('_block')
     parts = [f'layer{int(stage) - 1}', block]
-    down = ('downsample.1', 'downsample.2') if layout == 'timm_d' else ('downsample.0', 'downsample.1')
+    down = (('downsample.1', 'downsample.2') if layout in ('timm_d', 'timm_avg_down')
+            else ('downsample.0', 'downsample.1'))
     for p in rest:
         parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': down[0],
-                      'downsample_bn': down[1]}.get(p, p))
+                      'downsample_bn': down[1]}.get(p, torch_name(p)))   # torch_name: attention blocks
     return '.'.join(parts)
 
 
@@ -82,6 +85,7 @@ TORCH_MODULE = {
     'timm': _resnet_module,
     'timm_deep': _resnet_module,
     'timm_d': _resnet_module,
+    'timm_avg_down': _resnet_module,
     'legacy': _resnet_module,
     'timm_vgg': _vgg_module,
     'pytorchcv_mobilenet': _mobilenet_module,

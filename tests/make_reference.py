@@ -17,6 +17,13 @@ same weights with numpy alone. The models of `reference_weights.REDUCED` are
 built with those arguments (one block per stage) for the keys and logits; their
 record keeps the full network's parameter count too.
 
+`python tests/make_reference.py attention` stores, in fixtures/attention.json, each
+attention block of `reference_weights.ATTENTION_CASES` against its timm module:
+seeded weights and input, the float64 output, and the gradient of <output, probe>
+with respect to the input and every parameter, each as a norm and a projection;
+and in fixtures/attention_resnet50.json timm's resnet50 at one block per stage with
+each block of `ATTENTION_RESNET50` as its attn_layer (keys, parameter count, logits).
+
 For a few models (TRAIN_NAMES) it also stores one training-mode forward and
 backward pass in fixtures/reference_train/: the loss and logits, and for every
 parameter and BatchNorm buffer a norm and a projection on seeded random weights
@@ -36,8 +43,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import (REDUCED, TRAIN_NAMES, norm_and_projection,  # noqa: E402
-                               random_input, random_state_dict, train_batch)
+from reference_weights import (ATTENTION_CASES, ATTENTION_RESNET50, ATTENTION_RESNET50_SIZE, REDUCED, TRAIN_NAMES, norm_and_projection,  # noqa: E402
+                               random_input, random_state_dict, seeded_normal, train_batch)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'reference')
@@ -189,12 +196,92 @@ def make_pth():
     print('wrote', path)
 
 
+def _mended_gather_excite(timm):
+    """timm 1.0.31's GatherExcite with its argument clash mended: it passes `*dd` (the
+    keys 'device', 'dtype' as positionals) where `**dd` is meant, so `use_mlp=True`
+    and `extra_params=True` fail to build. The same source, `**dd` in each place."""
+    import inspect
+    import re
+    from timm.layers import gather_excite
+    source = inspect.getsource(gather_excite.GatherExcite)
+    mended, count = re.subn(r'(?<!\*)\*dd\)', '**dd)', source)
+    assert count == 5, count   # the five calls of timm 1.0.31
+    namespace = dict(vars(gather_excite))
+    exec(compile(mended, gather_excite.__file__, 'exec'), namespace)
+    return namespace['GatherExcite']
+
+
+def make_attention():
+    timm = _import_timm()
+    import timm.layers as tl
+    from timm.layers.cbam import CbamModule
+    classes = {'GatherExciteMended': _mended_gather_excite(timm), 'CbamModule': CbamModule}
+    records = []
+    for case_id, spec, cls, kwargs, shape in ATTENTION_CASES:
+        module = (classes.get(cls) or getattr(tl, cls))(shape[1], **kwargs).double().eval()
+        sd = module.state_dict()
+        keys = [(k, list(v.shape)) for k, v in sd.items() if not k.endswith('num_batches_tracked')]
+        weights = random_state_dict(keys)
+        module.load_state_dict({k: torch.from_numpy(weights[k]).double() if k in weights else v
+                                for k, v in sd.items()})
+        x = torch.from_numpy(seeded_normal(case_id + '/x', shape)).requires_grad_()
+        out = module(x)
+        probe = seeded_normal(case_id + '/out', tuple(out.shape))
+        loss = (out * torch.from_numpy(probe)).sum()
+        loss.backward()
+        param_probe = random_state_dict(keys, seed=1)
+        records.append({
+            'id': case_id, 'spec': spec, 'timm': cls, 'kwargs': kwargs, 'shape': list(shape),
+            'out_shape': list(out.shape), 'keys': keys,
+            'out': _record(out, probe),
+            'grads': {'input': _record(x.grad, seeded_normal(case_id + '/dx', shape)),
+                      **{k: _record(p.grad, param_probe[k]) for k, p in module.named_parameters()}}})
+        print(f'{case_id:16s} <- {cls:20s} {kwargs}  |out| {records[-1]["out"][0]:.6g}')
+    record = {'source': f'timm {timm.__version__}', 'torch_version': torch.__version__, 'cases': records}
+    with open(os.path.join(os.path.dirname(OUT), 'attention.json'), 'w') as f:
+        json.dump(record, f, separators=(',', ':'))
+
+
+def make_attention_resnet50():
+    """timm's resnet50 at one block per stage with each attention block: state_dict keys,
+    parameter count and float64 eval logits at an odd size, in fixtures/attention_resnet50.json."""
+    timm = _import_timm()
+    import functools
+    from timm.layers import GatherExcite
+    layer_of = lambda attn: functools.partial(GatherExcite, use_mlp=False) if attn == 'ge' else attn
+    records = {}
+    h, w = ATTENTION_RESNET50_SIZE
+    for attn in ATTENTION_RESNET50:
+        model = timm.create_model('resnet50', pretrained=False, layers=[1, 1, 1, 1], num_classes=10,
+                                  block_args=dict(attn_layer=layer_of(attn))).eval()
+        sd = model.state_dict()
+        keys = [(k, list(v.shape)) for k, v in sd.items()]
+        weights = random_state_dict(keys)
+        model.load_state_dict({k: torch.from_numpy(weights[k]) if k in weights else v for k, v in sd.items()})
+        model = model.double()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(random_input(h, w)).double())[0]
+        records[attn] = {'keys': keys, 'num_params': _num_params(model),
+                         'logits': [float(f'{v:.12g}') for v in logits.tolist()]}
+        print(f'resnet50 attn_layer={attn:5s} params {records[attn]["num_params"]:>11,}')
+    record = {'source': f'timm {timm.__version__}', 'torch_version': torch.__version__,
+              'overrides': {'layers': [1, 1, 1, 1], 'num_classes': 10}, 'size': [h, w], 'models': records}
+    with open(os.path.join(os.path.dirname(OUT), 'attention_resnet50.json'), 'w') as f:
+        json.dump(record, f, separators=(',', ':'))
+
+
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(OUT_TRAIN, exist_ok=True)
+    if sys.argv[1:] == ['attention']:
+        make_attention()
+        make_attention_resnet50()
+        sys.exit()
     if not sys.argv[1:]:
         make_pth()
+        make_attention()
+        make_attention_resnet50()
     for name in sys.argv[1:] or [n for n in list_models() if model_spec(n).reference]:
         make(name)
         if name in TRAIN_NAMES:

@@ -17,7 +17,7 @@ REDUCED = {name: {'layers': [1, 1, 1, 1]} for name in (
     'resnet50d', 'resnet152d', 'se_resnet152d', 'se_resnext26d_32x4d', 'se_resnext26t_32x4d',
     'resnext101_32x8d', 'se_resnext101_32x8d', 'resnext101_64x4d', 'se_resnext101_64x4d',
     'se_resnext101d_32x8d', 'se_resnextaa101d_32x8d', 'se_resnextaa201d_32x8d', 'gluon_senet154',
-    'legacy_se_resnext26_32x4d')}
+    'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d')}
 
 
 def train_batch():
@@ -93,3 +93,50 @@ def random_state_dict(keys_and_shapes, seed=0):
 def random_input(height, width, seed=0):
     """One NCHW float32 image, standard normal."""
     return np.random.default_rng([seed, height, width]).normal(size=(1, 3, height, width)).astype(np.float32)
+
+
+def seeded_normal(label, shape):
+    """A float64 standard-normal array, a function of (label, shape): the attention
+    fixtures' inputs and probes."""
+    return np.random.default_rng([zlib.crc32(label.encode()), *shape]).normal(size=tuple(shape))
+
+
+# The attention parity cases: (id, block spec, timm module, its kwargs, NCHW input shape).
+# 'GatherExciteMended' is timm's GatherExcite with its `*dd` argument clash mended
+# (tests/make_reference.py), for the forms timm 1.0.31 cannot build.
+ATTENTION_CASES = [
+    ('se_c32', ('se', {'divisor': 8}), 'SEModule', {}, (2, 32, 7, 9)),
+    ('se_c24', ('se', {'divisor': 8}), 'SEModule', {}, (2, 24, 5, 11)),
+    ('ese_c16', 'ese', 'EffectiveSEModule', {}, (2, 16, 7, 9)),
+    ('ese_c24', 'ese', 'EffectiveSEModule', {}, (2, 24, 5, 11)),
+    ('eca_c16', 'eca', 'EcaModule', {}, (2, 16, 7, 9)),
+    ('eca_c256', 'eca', 'EcaModule', {}, (1, 256, 5, 11)),   # k = 5
+    ('ge_global', ('ge', {'use_mlp': False}), 'GatherExcite', {'use_mlp': False}, (2, 16, 7, 9)),
+    ('ge_e2', ('ge', {'use_mlp': False, 'extent': 2}), 'GatherExcite', {'use_mlp': False, 'extent': 2},
+     (2, 16, 7, 9)),
+    ('ge_e4', ('ge', {'use_mlp': False, 'extent': 4}), 'GatherExcite', {'use_mlp': False, 'extent': 4},
+     (2, 8, 5, 11)),
+    ('ge_mlp_global', 'ge', 'GatherExciteMended', {}, (2, 32, 7, 9)),
+    ('ge_mlp_e2', ('ge', {'extent': 2}), 'GatherExciteMended', {'extent': 2}, (2, 32, 5, 11)),
+    ('ge_params_e2', ('ge', {'extent': 2, 'extra_params': True}), 'GatherExciteMended',
+     {'extent': 2, 'extra_params': True}, (2, 32, 7, 9)),
+    ('ge_params_e4', ('ge', {'extent': 4, 'extra_params': True, 'use_mlp': False}), 'GatherExciteMended',
+     {'extent': 4, 'extra_params': True, 'use_mlp': False}, (2, 16, 5, 11)),
+    ('gc_c16', 'gc', 'GlobalContext', {}, (2, 16, 7, 9)),
+    ('gc_c20', 'gc', 'GlobalContext', {}, (2, 20, 5, 11)),   # C/8 = 2.5: timm rounds to 3
+    ('cbam_c32', 'cbam', 'CbamModule', {}, (2, 32, 7, 9)),
+    ('cbam_c40', 'cbam', 'CbamModule', {}, (2, 40, 5, 11)),
+    # Selective Kernel: a convolution, not a block that scales (senet_jax.attention.SelectiveKernel).
+    ('sk_c16', ('sk', {}), 'SelectiveKernel', {}, (2, 16, 7, 9)),
+    ('sk_c32_s2', ('sk', {'features': 64, 'strides': 2}), 'SelectiveKernel', {'out_channels': 64, 'stride': 2},
+     (2, 32, 5, 11)),
+    ('sk_5x5_groups', ('sk', {'split_input': False, 'keep_3x3': False, 'groups': 4}), 'SelectiveKernel',
+     {'split_input': False, 'keep_3x3': False, 'groups': 4}, (2, 16, 7, 9)),
+]
+
+# timm's resnet50 at one block per stage with each attention block (block_args=dict(attn_layer=X)),
+# against ours: attention name -> our `attention` option. timm's SEModule rounds widths to 8;
+# 'ge' is GatherExcite's parameter-free form (use_mlp=False), the only one timm 1.0.31 builds.
+ATTENTION_RESNET50 = {'se': ('se', {'divisor': 8}), 'ese': 'ese', 'eca': 'eca', 'gc': 'gc', 'cbam': 'cbam',
+                      'ge': ('ge', {'use_mlp': False})}
+ATTENTION_RESNET50_SIZE = (67, 53)

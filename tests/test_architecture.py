@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / 'senet_jax'
 FLOORS = [
     {'errors', 'options', 'sharding'},
     {'layers'},
-    {'cpu_kernels'},
+    {'cpu_kernels', 'attention'},
     {'xla_cpu', 'models', 'data', 'checkpoint', 'precision'},
     {'steps', 'metrics_log', 'convert', 'nnx', 'workdir'},
     {'pretrained'},

@@ -3,7 +3,9 @@
 SE is an option of the block (Sec. 4 and 6.4 of the paper), not a separate
 class per variant: `se_stages` says which stages carry it (paper numbering,
 2..5 = conv2_x..conv5_x; empty for the plain baselines) and `se_position` where
-it sits in the residual unit. Both reference layouts are options too:
+it sits in the residual unit; `attention` names the block (SE, or one of its
+successors in senet_jax.attention; None for the plain baselines). Both reference
+layouts are options too:
 
 - torchvision / timm `seresnet*`: stride on the 3x3 conv, 3x3/2 stem pool with
   padding 1, SE width rounded to multiples of 8.
@@ -27,6 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
+from senet_jax.attention import create_attention, parse_attention
 from senet_jax.layers import SqueezeExcite, avg_pool_2x2, classify, conv_and_norm, max_pool_ceil
 from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
@@ -56,7 +59,8 @@ class ResidualBlock(nn.Module):
     downsample_kernel: int = 1    # kernel of the strided projection shortcut (3 in SENet-154)
     avg_down: bool = False        # ResNet-D shortcut: 2x2/2 average pool (ceil mode), then a 1x1/1 conv
     aa: bool = False              # the strided conv runs at stride 1, a 2x2/2 average pool follows its ReLU
-    se: Optional[Any] = None      # a SqueezeExcite partial, or None for no SE
+    se: Optional[Any] = None      # a partial building the attention block (SqueezeExcite or
+                                  # attention.create_attention), or None for none
     se_position: str = 'standard'
     zero_init_last: bool = True   # last BN scale starts at 0 (Goyal et al.), as timm
     # The standard avg-squeeze SE block: its last BN, scale, addition and ReLU in
@@ -80,7 +84,8 @@ class ResidualBlock(nn.Module):
         se = (lambda pos: self.se(name='se') if self.se is not None and pos == self.se_position
               else (lambda v: v))
         act_before_se = self.act_before_se and not self.bottleneck
-        fused = (self.fuse_se and self.se is not None and self.se_position == 'standard'
+        fused = (self.fuse_se and self.se is not None and self.se.func is SqueezeExcite
+                 and self.se_position == 'standard'
                  and self.se.keywords.get('squeeze', 'avg') == 'avg' and not act_before_se)
         last_bn = 'bn3' if self.bottleneck else 'bn2'   # the branch's last BN
         last_norm = lambda y: norm(scale_init=last_scale, name=last_bn)(y, return_affine=fused)
@@ -178,7 +183,10 @@ class ResNet(nn.Module):
     downsample_kernel: int = 1
     avg_down: bool = False                        # ResNet-D projection shortcut (see ResidualBlock)
     aa: bool = False                              # anti-aliased downsampling, timm's aa_layer=nn.AvgPool2d
-    # Squeeze-and-Excitation, in the paper's words.
+    # Squeeze-and-Excitation, in the paper's words. `attention` names the block
+    # (senet_jax.attention: 'se', 'eca', ('ge', {'extent': 4}), ...; None: none) that
+    # se_stages and se_position place; the options below are the 'se' block's.
+    attention: Any = 'se'
     se_stages: Sequence[int] = STAGES
     reduction: float = 16
     squeeze: str = 'avg'
@@ -197,6 +205,7 @@ class ResNet(nn.Module):
 
     def __post_init__(self):
         validate_fields(self)   # a bad option fails here, in one sentence (senet_jax.options)
+        parse_attention(self.attention)
         super().__post_init__()
 
     def min_input_size(self) -> int:
@@ -234,11 +243,16 @@ class ResNet(nn.Module):
         expansion = 4 if self.bottleneck else 1
         for i, (stage, depth, planes) in enumerate(zip(STAGES, self.layers, self.widths)):
             se = None
-            if stage in self.se_stages:
+            attention, options = parse_attention(self.attention)
+            if stage in self.se_stages and attention == 'se':
                 se = functools.partial(
-                    SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
-                    gate=self.gate, divisor=self.se_divisor, use_bias=self.se_bias,
+                    SqueezeExcite, **{**dict(
+                        reduction=self.reduction, squeeze=self.squeeze, gate=self.gate,
+                        divisor=self.se_divisor, use_bias=self.se_bias), **options},
                     dtype=self.dtype, param_dtype=self.param_dtype)
+            elif stage in self.se_stages and attention is not None:
+                se = functools.partial(create_attention, self.attention, train=train,
+                                       dtype=self.dtype, param_dtype=self.param_dtype)
             width = (planes * self.base_width // 64) * self.cardinality if self.bottleneck else planes
             for b in range(depth):
                 x = ResidualBlock(
@@ -292,7 +306,7 @@ def _paper(base, se):
 for _d in (18, 34, 50, 101, 152):
     _base = dict(layers=_DEPTHS[_d], bottleneck=_BOTTLENECK[_d])
     _p = f'resnet{_d}'
-    _register(_p, _p, 'timm', se_stages=(), paper=_paper(_p, False), **_base)
+    _register(_p, _p, 'timm', attention=None, paper=_paper(_p, False), **_base)
     _register(f'se_resnet{_d}', f'seresnet{_d}', 'timm', se_divisor=8, paper=_paper(_p, True), **_base)
     _register(f'legacy_se_resnet{_d}', f'legacy_seresnet{_d}', 'legacy', **_LEGACY, **_base,
               paper=_paper(_p, True),
@@ -301,7 +315,7 @@ for _d in (18, 34, 50, 101, 152):
 for _d in (50, 101):
     _base = dict(layers=_DEPTHS[_d], cardinality=32, base_width=4)
     _p = f'resnext{_d}_32x4d'
-    _register(_p, _p, 'timm', se_stages=(), paper=_paper(_p, False), **_base)
+    _register(_p, _p, 'timm', attention=None, paper=_paper(_p, False), **_base)
     _register(f'se_resnext{_d}_32x4d', f'seresnext{_d}_32x4d', 'timm', se_divisor=8,
               paper=_paper(_p, True), **_base)
 for _d in (26, 50, 101):
@@ -312,7 +326,7 @@ for _d in (26, 50, 101):
 for _c, _w in ((32, 8), (64, 4)):
     _base = dict(layers=_DEPTHS[101], cardinality=_c, base_width=_w)
     _p = f'resnext101_{_c}x{_w}d'
-    _register(_p, _p, 'timm', se_stages=(), **_base)
+    _register(_p, _p, 'timm', attention=None, **_base)
     _register(f'se_{_p}', f'se{_p}', 'timm', se_divisor=8, **_base)
 # ResNet-D (timm's 'd' and 't' suffixes): a deep stem of three 3x3 convs (timm stem_width 32,
 # so 64 out; 't': tiered 24, 32, 64) and average-pooled projection shortcuts. 'aa' adds
@@ -320,9 +334,22 @@ for _c, _w in ((32, 8), (64, 4)):
 # strided 3x3 conv. input_size is that of timm's default weight.
 _D = dict(stem='deep', stem_width=64, avg_down=True)
 _SE = dict(se_divisor=8)
-_register('resnet50d', 'resnet50d', 'timm_d', se_stages=(), layers=_DEPTHS[50], **_D)
-_register('resnet152d', 'resnet152d', 'timm_d', se_stages=(), layers=_DEPTHS[152], input_size=256, **_D)
+_register('resnet50d', 'resnet50d', 'timm_d', attention=None, layers=_DEPTHS[50], **_D)
+_register('resnet152d', 'resnet152d', 'timm_d', attention=None, layers=_DEPTHS[152], input_size=256, **_D)
 _register('se_resnet152d', 'seresnet152d', 'timm_d', layers=_DEPTHS[152], input_size=256, **_D, **_SE)
+# ECA-Net ResNets (timm's ecaresnet*): the ResNet-D layouts with ECA where SE sits.
+_ECA = dict(attention='eca', avg_down=True, stem_width=64)
+_register('eca_resnet26t', 'ecaresnet26t', 'timm_d', layers=(2, 2, 2, 2), stem='deep_tiered', input_size=256,
+          **_ECA)
+_register('eca_resnet50d', 'ecaresnet50d', 'timm_d', layers=_DEPTHS[50], stem='deep', **_ECA)
+_register('eca_resnet50t', 'ecaresnet50t', 'timm_d', layers=_DEPTHS[50], stem='deep_tiered', input_size=256,
+          **_ECA)
+_register('eca_resnet101d', 'ecaresnet101d', 'timm_d', layers=_DEPTHS[101], stem='deep', **_ECA)
+_register('eca_resnet269d', 'ecaresnet269d', 'timm_d', layers=(3, 30, 48, 8), stem='deep', input_size=320,
+          **_ECA)
+# timm's stem_width=32 is unused by its 7x7 stem (64 channels).
+_register('eca_resnetlight', 'ecaresnetlight', 'timm_avg_down', layers=(1, 1, 11, 3), attention='eca',
+          avg_down=True)
 _X = dict(cardinality=32, base_width=4)
 _register('se_resnext26d_32x4d', 'seresnext26d_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_D, **_SE)
 _register('se_resnext26t_32x4d', 'seresnext26t_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_SE,
@@ -349,4 +376,4 @@ _register('gluon_senet154', 'senet154', 'timm_deep', **_SE, layers=_DEPTHS[152],
 _MINI = dict(layers=(1, 1, 1, 1), bottleneck=False, widths=(16, 32, 64, 128), stem='small',
              stem_width=16, stem_pool=None)
 _register('se_resnet_mini', None, 'timm', input_size=16, reduction=4, se_divisor=1, **_MINI)
-_register('resnet_mini', None, 'timm', input_size=16, se_stages=(), **_MINI)   # its plain baseline
+_register('resnet_mini', None, 'timm', input_size=16, attention=None, **_MINI)   # its plain baseline
