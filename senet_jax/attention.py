@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from senet_jax.layers import BatchNorm, Conv, SqueezeExcite
+from senet_jax.layers import BatchNorm, Conv, Dense, SqueezeExcite
 from senet_jax.options import did_you_mean
 
 Dtype = Any
@@ -30,6 +30,14 @@ Dtype = Any
 def _timm_width(channels: int, reduction: float, divisor: int) -> int:
     """timm's `make_divisible(channels / reduction, divisor, round_limit=0)`."""
     return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
+
+
+def _at_least_float32(dtype):
+    """The compute dtype of the few flax layers here that are not `layers.Conv` /
+    `layers.Dense` (ECA's 1-D conv, GC's LayerNorm): at least float32, so their
+    parameter gradients, like every other, are summed across devices in float32.
+    They act on (N, C) descriptors, so the cost is nil. None: the inputs' dtype."""
+    return None if dtype is None else jnp.promote_types(dtype, jnp.float32)
 
 
 def _mean_hw(x):
@@ -53,11 +61,11 @@ class _ConvMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        dense = lambda f, name: nn.Dense(f, use_bias=self.use_bias, dtype=self.dtype,
+        dense = lambda f, name: Dense(f, use_bias=self.use_bias, dtype=self.dtype,
                                          param_dtype=self.param_dtype, name=name)
         x = dense(self.hidden, 'fc1')(x)
         if self.layer_norm:
-            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name='norm')(x)
+            x = nn.LayerNorm(epsilon=1e-6, dtype=_at_least_float32(self.dtype), param_dtype=self.param_dtype, name='norm')(x)
         return dense(self.features, 'fc2')(nn.relu(x))
 
 
@@ -73,7 +81,7 @@ class EffectiveSqueezeExcite(nn.Module):
         z = _mean_hw(u)
         if self.add_maxpool:
             z = 0.5 * z + 0.5 * jnp.max(u, axis=(1, 2))
-        s = jax.nn.hard_sigmoid(nn.Dense(u.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+        s = jax.nn.hard_sigmoid(Dense(u.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
                                          name='fc')(z))
         self.sow('intermediates', 'gate', s)
         return u * s[:, None, None, :].astype(u.dtype)
@@ -101,7 +109,8 @@ class EfficientChannelAttention(nn.Module):
         if k % 2 == 0:
             raise ValueError(f'ECA needs an odd kernel_size, got {k}.')
         z = _mean_hw(u)[:, :, None]            # (N, C, 1): channels as the 1-D axis
-        s = nn.Conv(1, (k,), padding=[(k // 2, k // 2)], use_bias=False, dtype=self.dtype,
+        s = nn.Conv(1, (k,), padding=[(k // 2, k // 2)], use_bias=False,
+                    dtype=_at_least_float32(self.dtype),
                     param_dtype=self.param_dtype, name='conv')(z)
         s = nn.sigmoid(s[:, :, 0])
         self.sow('intermediates', 'gate', s)
@@ -201,7 +210,7 @@ class GlobalContext(nn.Module):
     @nn.compact
     def __call__(self, u):
         n, h, w, c = u.shape
-        logits = nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name='conv_attn')(u)
+        logits = Dense(1, dtype=self.dtype, param_dtype=self.param_dtype, name='conv_attn')(u)
         attn = jax.nn.softmax(logits.reshape(n, h * w).astype(jnp.promote_types(u.dtype, jnp.float32)), axis=-1)
         context = jnp.einsum('npc,np->nc', u.reshape(n, h * w, c), attn.astype(u.dtype))
         s = nn.sigmoid(_ConvMlp(_timm_width(c, self.reduction, self.divisor), c, layer_norm=True,
@@ -297,10 +306,10 @@ class SelectiveKernel(nn.Module):
             ys.append(nn.relu(_batch_norm(self.train, self.dtype, self.param_dtype, f'path{i}_bn')(y)))
         y = jnp.stack(ys, axis=1)                          # (N, paths, H, W, C)
         z = _mean_hw(jnp.sum(y, axis=1))
-        z = nn.Dense(_timm_make_divisible(features / self.reduction, self.divisor), use_bias=False,
+        z = Dense(_timm_make_divisible(features / self.reduction, self.divisor), use_bias=False,
                      dtype=self.dtype, param_dtype=self.param_dtype, name='attn_fc_reduce')(z)
         z = nn.relu(_batch_norm(self.train, self.dtype, self.param_dtype, 'attn_bn')(z))
-        z = nn.Dense(features * paths, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        z = Dense(features * paths, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='attn_fc_select')(z)
         a = jax.nn.softmax(z.reshape(z.shape[0], paths, features), axis=1)
         self.sow('intermediates', 'path_weights', a)

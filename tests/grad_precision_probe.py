@@ -4,8 +4,9 @@ SPMD partitioner leaves them, on 4 CPU devices.
     python tests/grad_precision_probe.py MODEL:DTYPE:KERNELS ...
 
 prints one JSON object {'MODEL:DTYPE:KERNELS': {element type: count}}. MODEL
-is 'se_resnet_mini' or 'se_resnext_block' (one SE-ResNeXt bottleneck, 32
-groups). It runs in a process of its own because the device count is fixed
+is 'se_resnet_mini', 'se_resnext_block' (one SE-ResNeXt bottleneck, 32
+groups) or 'attention_block/NAME' (one ResNet bottleneck with the attention
+block NAME of senet_jax.attention). It runs in a process of its own because the device count is fixed
 when JAX starts.
 """
 
@@ -36,6 +37,9 @@ def all_reduce_types(model_name, dtype, kernels):
     if model_name == 'se_resnext_block':
         model = create_model('se_resnext50_32x4d', layers=(1, 0, 0, 0), stem='small',
                              stem_width=16, stem_pool=None, **kw)
+    elif model_name.startswith('attention_block/'):
+        model = create_model('resnet50', attention=model_name.split('/')[1], layers=(1, 0, 0, 0),
+                             stem='small', stem_width=16, stem_pool=None, **kw)
     else:
         model = create_model(model_name, **kw)
     mesh = sharding.create_mesh()

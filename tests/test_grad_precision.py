@@ -23,7 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Each model in each half dtype, each kernel path with each model.
 CASES = ('se_resnet_mini:bfloat16:plain', 'se_resnet_mini:float16:cpu',
-         'se_resnext_block:bfloat16:cpu', 'se_resnext_block:float16:plain')
+         'se_resnext_block:bfloat16:cpu', 'se_resnext_block:float16:plain',
+         # every attention block of senet_jax.attention but SE (above), in one bottleneck
+         *(f'attention_block/{name}:bfloat16:plain' for name in ('ese', 'eca', 'ge', 'gc', 'cbam')))
 
 
 @pytest.fixture(scope='module')
