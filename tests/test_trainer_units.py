@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import tempfile
 import time
 import types
 
@@ -17,10 +16,7 @@ from senet_jax import trainer
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.models import normalize_images
 
-# Compiles are the slow part: share them with the subprocess runs' cache.
-jax.config.update('jax_compilation_cache_dir', os.path.join(
-    tempfile.gettempdir(), 'senet_jax_test_xla_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+# Compiles are the slow part: conftest shares them with the subprocess runs' cache.
 
 
 def tiny_config(**overrides):
