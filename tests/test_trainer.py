@@ -284,6 +284,7 @@ def test_paper_step_schedule():
     assert fn(600) == pytest.approx(0.0015)
 
 
+@pytest.mark.slow
 def test_cosine_recipe():
     from configs import se_resnet50
     c = se_resnet50.get_config('cosine')
@@ -293,6 +294,7 @@ def test_cosine_recipe():
     assert fn(1000) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_weight_decay_only_on_kernels():
     params = {'conv1': {'kernel': np.ones((3, 3, 3, 8))},
               'bn1': {'scale': np.ones(8), 'bias': np.ones(8)},
@@ -308,6 +310,7 @@ def test_weight_decay_only_on_kernels():
     assert np.all(updates['fc']['bias'] == 0)
 
 
+@pytest.mark.slow
 def test_label_smoothing_loss():
     logits = np.zeros((1, 4), np.float32)
     plain = trainer.cross_entropy_loss(logits, np.array([0]), 4)
@@ -332,6 +335,7 @@ def test_configs_load():
     assert importlib.import_module('configs.senet154').get_config().drop_rate == 0.2
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
     from senet_jax import checkpoint
     ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
