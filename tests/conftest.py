@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # what an earlier one (or another checkout's) left behind.
 XLA_CACHE_ENV = 'SENET_JAX_TEST_XLA_CACHE'
 
-# The fast tier's budget per test (seconds of the call itself); see README "Tests".
-FAST_TEST_LIMIT_S = 60.0
+# The fast tier's budget per test (seconds of the call itself); see docs/architecture.md, "Tests".
+FAST_TEST_LIMIT_S = float(os.environ.get('SENET_JAX_FAST_TEST_LIMIT_S', 60))
 
 
 def pytest_configure(config):
@@ -50,4 +50,4 @@ def pytest_runtest_makereport(item, call):
         report.outcome = 'failed'
         report.longrepr = (f'{item.nodeid} took {call.duration:.0f} s, over the fast tier\'s '
                            f'{FAST_TEST_LIMIT_S:.0f} s: make it smaller or mark it '
-                           '@pytest.mark.slow (README, "Tests").')
+                           '@pytest.mark.slow (docs/architecture.md, "Tests").')
