@@ -1,6 +1,53 @@
 import os
+import shutil
 import sys
+import tempfile
+
+import pytest
 
 # Tests import their helpers (reference_weights) and the package from the checkout.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# One persistent XLA compilation cache per test run, shared by the xdist workers and
+# the train.py subprocesses they start (test_train_utils.env): the same short run
+# compiled once, not once per process; in-process tests use it too. Fresh each run, so a run never depends on
+# what an earlier one (or another checkout's) left behind.
+XLA_CACHE_ENV = 'SENET_JAX_TEST_XLA_CACHE'
+
+# The fast tier's budget per test (seconds of the call itself); see docs/architecture.md, "Tests".
+FAST_TEST_LIMIT_S = float(os.environ.get('SENET_JAX_FAST_TEST_LIMIT_S', 60))
+
+
+def pytest_configure(config):
+    if XLA_CACHE_ENV not in os.environ:   # the controller (or a plain run): xdist workers inherit it
+        os.environ[XLA_CACHE_ENV] = tempfile.mkdtemp(prefix='senet_jax_xla_cache_')
+        config._senet_jax_xla_cache = os.environ[XLA_CACHE_ENV]
+    import jax
+    jax.config.update('jax_compilation_cache_dir', os.environ[XLA_CACHE_ENV])
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, '_senet_jax_xla_cache', None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop(XLA_CACHE_ENV, None)
+
+
+def _fast_tier(config):
+    """True when slow tests are deselected (`-m "not slow"`)."""
+    markexpr = config.getoption('markexpr', '') or ''
+    return 'not slow' in ' '.join(markexpr.split())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (call.when == 'call' and report.passed and _fast_tier(item.config)
+            and call.duration > FAST_TEST_LIMIT_S):
+        report.outcome = 'failed'
+        report.longrepr = (f'{item.nodeid} took {call.duration:.0f} s, over the fast tier\'s '
+                           f'{FAST_TEST_LIMIT_S:.0f} s: make it smaller or mark it '
+                           '@pytest.mark.slow (docs/architecture.md, "Tests").')

@@ -114,6 +114,7 @@ def test_bad_arguments_exit_1(capsys):
     assert 'no timm reference' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_mode_times_the_trainers_own_step(monkeypatch, capsys):
     """The benchmark's step is trainer.train_step, jitted by trainer.compile_steps."""
     from senet_jax import trainer

@@ -105,6 +105,7 @@ def test_reduction_pool_matches_the_strided_convolution_and_ceil_mode(size):
 
 @pytest.mark.parametrize('size,sides', [(224, (112, 56, 28, 14, 7)), (161, (81, 40, 20, 10, 5)),
                                         (7, (4, 2, 1, 1, 1))])
+@pytest.mark.slow
 def test_features_are_the_last_output_at_each_stride(size, sides):
     model = create_model('se_bn_inception')
     features = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True),
@@ -115,6 +116,7 @@ def test_features_are_the_last_output_at_each_stride(size, sides):
     assert model.min_input_size() == 7
 
 
+@pytest.mark.slow
 def test_below_the_minimum_input_a_map_is_empty():
     model = create_model('bn_inception')
     side = model.min_input_size() - 1

@@ -106,6 +106,7 @@ def test_se_stages_picks_the_stages():
     assert n_params('se_wrn16_8_cifar', se_stages=(3,)) == 10_961_370 + 2 * se_params(512)
 
 
+@pytest.mark.slow
 def test_preact_unit_se_scales_the_branch_before_the_addition():
     """A gate shut (SE's second projection biased to -inf): the unit's output is its input,
     so SE multiplies the whole branch and nothing after the addition."""
@@ -157,6 +158,7 @@ def test_bad_options_are_one_sentence(overrides, words):
 @pytest.mark.parametrize('name,channels', [pytest.param('se_resnet110_cifar', 64, marks=SLOW),
                                            pytest.param('se_resnet164_cifar', 256, marks=SLOW),
                                            ('se_wrn16_8_cifar', 512)])
+@pytest.mark.slow
 def test_every_se_option_overrides(name, channels):
     """Each option reaches every SE block of the network, and the network still runs."""
     for overrides, fc1 in ((dict(reduction=4), channels // 4), (dict(squeeze='max'), channels // 16),

@@ -38,6 +38,7 @@ def test_missing_unexpected_and_misshapen_keys_are_named():
     assert 'layer2.0.se.fc1.weight (9, 128, 1, 1)' in msg
 
 
+@pytest.mark.slow
 def test_weights_of_another_model_are_refused():
     with pytest.raises(ConversionError, match='do not fit se_resnet50'):
         torch_to_flax('se_resnet50', reference_state_dict('se_resnet18'))

@@ -147,6 +147,7 @@ def _assert_tpu_host_options(ds):
     assert options.deterministic is True
 
 
+@pytest.mark.slow
 def test_imagefolder(tmp_path, caplog):
     _make_folder(tmp_path)
     cfg = _config(dataset='imagefolder', data_dir=str(tmp_path), batch_size=4,
@@ -219,6 +220,7 @@ def test_preprocessing_shapes():
 # tfds
 
 
+@pytest.mark.slow
 def test_imagenet2012_through_mock_data():
     import tensorflow_datasets as tfds
     cfg = _config(dataset='imagenet2012', batch_size=4, image_size=32,
@@ -262,6 +264,7 @@ def test_unprepared_tfds_dataset_fails_fast(tmp_path, monkeypatch):
     assert time.time() - start < 10
 
 
+@pytest.mark.slow
 def test_prepared_tfds_dataset(tmp_path):
     """A really prepared tfds dataset (tfds' offline DummyMnist: 20 train and
     20 test PNG-encoded 28x28 grey images): slices, resume, exact-once eval."""

@@ -56,6 +56,7 @@ def _find(image, originals, pad=4):
     return found[0]
 
 
+@pytest.mark.slow
 def test_train_batches_are_seeded_pad_crop_flips(mocked):
     import tensorflow as tf
     from senet_jax.data import cifar, preprocess
@@ -85,6 +86,7 @@ def test_train_batches_are_seeded_pad_crop_flips(mocked):
     assert not np.array_equal(other['image'], batches[0]['image'])
 
 
+@pytest.mark.slow
 def test_eval_batches_are_the_images_as_they_are(mocked):
     p = data.create_input_pipeline(_config())
     ev = list(p.eval_batches())

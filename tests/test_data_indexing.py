@@ -118,6 +118,7 @@ def test_pad_batches_pads_and_appends_masked_batches():
         list(indexing.pad_batches([short], 4, 0, (2, 2, 3)))
 
 
+@pytest.mark.slow
 def test_model_zoo_digits_and_fake_do_not_import_tensorflow():
     code = '''
 import sys

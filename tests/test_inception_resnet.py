@@ -106,6 +106,7 @@ def test_torch_module_names():
 
 @pytest.mark.parametrize('kind,width,scale,activate', [('block35', 320, 0.17, True),
                                                        ('block8', 2080, 1.0, False)])
+@pytest.mark.slow
 def test_unit_scales_the_se_output_of_its_up_projection(kind, width, scale, activate):
     se = functools.partial(SqueezeExcite, reduction=16)
     unit = InceptionResNetUnit(kind=kind, scale=scale, activate=activate, se=se, kernels='plain')
@@ -166,6 +167,7 @@ def test_reduction_and_gate_are_options():
     assert variables['params']['block17_0']['se']['fc1']['kernel'].shape == (1088, 136)
 
 
+@pytest.mark.slow
 def test_features_and_min_input_size():
     model = create_model('se_inception_resnet_v2', **TINY)
     assert model.min_input_size() == 75 and final_side(75) == 1 and final_side(74) == 0

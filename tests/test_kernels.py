@@ -225,6 +225,7 @@ CPU_GRADIENTS = {'channel_matmul', 'conv3x3', 'max_pool', 'batch_norm_train'}
 
 
 @pytest.mark.parametrize('platform', ['tpu', 'cuda'])
+@pytest.mark.slow
 def test_tpu_and_gpu_programs_are_plain(platform):
     train, evaluate = _program('train', platform), _program('eval', platform)
     for text in (train, evaluate):
@@ -236,6 +237,7 @@ def test_tpu_and_gpu_programs_are_plain(platform):
     assert 'stablehlo.select_and_scatter' in train
 
 
+@pytest.mark.slow
 def test_the_cpu_program_holds_every_cpu_kernel():
     train, evaluate = _program('train', 'cpu'), _program('eval', 'cpu')
     # se_resnet_mini: one block per stage, each block's output written once
@@ -249,6 +251,7 @@ def test_the_cpu_program_holds_every_cpu_kernel():
     assert 'stablehlo.select_and_scatter' not in train
 
 
+@pytest.mark.slow
 def test_a_forced_form_holds_on_every_platform():
     """kernels='cpu' puts the CPU kernels into a GPU program (to time them on
     one); kernels='plain' keeps them out of a CPU program."""

@@ -11,6 +11,7 @@ from senet_jax.layers import BatchNorm, Conv, max_pool_ceil
 
 
 @pytest.mark.parametrize('cin,cout', [(16, 48), (48, 16)])   # both weight-gradient branches
+@pytest.mark.slow
 def test_channel_matmul_gradients_equal_autodiff_of_a_dot(cin, cout):
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (2, 5, 7, cin))
@@ -108,6 +109,7 @@ def test_max_pool_values_and_pytorch_gradient(size, ceil, form):
 
 @pytest.mark.parametrize('form', [layers.batch_norm_train, batch_norm_train], ids=['plain', 'cpu'])
 @pytest.mark.parametrize('train', [True, False])
+@pytest.mark.slow
 def test_batch_norm_matches_flax(train, form):
     x = jax.random.normal(jax.random.key(1), (4, 5, 3, 6)) * 3 + 1
     ours, flax_bn = (BatchNorm(momentum=0.9, use_running_average=not train, normalize=form),
@@ -129,6 +131,7 @@ def test_batch_norm_matches_flax(train, form):
 
 
 @pytest.mark.parametrize('form', [layers.batch_norm_train, batch_norm_train], ids=['plain', 'cpu'])
+@pytest.mark.slow
 def test_batch_norm_gradient_through_its_statistics(form):
     x = jax.random.normal(jax.random.key(1), (3, 4, 2, 5)) + 2
     scale, bias = jnp.linspace(0.5, 2, 5), jnp.linspace(-1, 1, 5)
@@ -161,6 +164,7 @@ def test_gradients_work_in_bfloat16(kernels):
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.slow
 def test_materialize_is_an_exact_identity(dtype):
     x = (jax.random.normal(jax.random.key(0), (2, 3, 4, 5)) * 1e3).astype(dtype)
     anchor = jnp.array([0.0, 7.0])   # a zero-initialised scale is a valid anchor

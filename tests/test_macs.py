@@ -35,6 +35,7 @@ def test_every_tap_and_dense_multiply_add_is_counted():
     ('legacy_se_resnet50', 3.86),   # paper Table 2: 3.87 (SE-ResNet-50), Caffe layout
     ('resnet50', 4.09),             # timm's table: 4.1 (torchvision layout: stride on the 3x3)
 ])
+@pytest.mark.slow
 def test_resnet50_counts_agree_with_the_published_tables(name, gmacs):
     params, got = complexity(name, model_spec(name).input_size)
     assert round(got, 2) == gmacs

@@ -46,6 +46,7 @@ def _gates(model, size=64):
     return {'/'.join(path[:-1]): v[0].shape for path, v in flat.items()}
 
 
+@pytest.mark.slow
 def test_se_mobilenet_params_round_to_table3():
     # Base: pytorchcv's mobilenet_w1 (timm's mobilenetv1_100 has the same count).
     # SE per block of C channels at r = 16: W1 (C x C/16) and W2 (C/16 x C) with biases.
@@ -63,6 +64,7 @@ def test_se_mobilenet_params_round_to_table3():
     assert round(_n_params(create_model('se_mobilenet_v1', reduction=8)) / 1e6, 1) == 5.2
 
 
+@pytest.mark.slow
 def test_se_sits_on_the_pointwise_output_of_each_of_the_13_blocks():
     gates = _gates(create_model('se_mobilenet_v1'))
     names = [f'stage{s}_unit{u}/se' for s, n in zip(range(1, 6), (1, 2, 2, 6, 2))
@@ -78,6 +80,7 @@ def test_depthwise_convs_have_one_filter_per_channel():
     assert params['stage4_unit3']['pw_conv']['kernel'].shape == (1, 1, 512, 512)
 
 
+@pytest.mark.slow
 def test_return_features_gives_the_stage_outputs():
     model = create_model('se_mobilenet_v1')
     x = jax.ShapeDtypeStruct((2, 64, 96, 3), jnp.float32)
@@ -88,6 +91,7 @@ def test_return_features_gives_the_stage_outputs():
         'stage3': (2, 8, 12, 256), 'stage4': (2, 4, 6, 512), 'stage5': (2, 2, 3, 1024)}
 
 
+@pytest.mark.slow
 def test_any_input_from_the_total_stride_up_runs():
     # pytorchcv's fixed 7x7 final pool takes only 193..224 px; the global pool takes any size.
     model = create_model('se_mobilenet_v1', num_classes=7)
@@ -116,6 +120,7 @@ def test_every_variable_maps_to_a_key_of_pytorchcvs_state_dict():
     assert sorted(torch_key(c, tuple(p), 'pytorchcv_mobilenet') for c, *p in flat) == sorted(keys)
 
 
+@pytest.mark.slow
 def test_multiply_adds_match_table3():
     # 569 M for the plain network, as the paper (and the MobileNet paper) give it. SE adds
     # 0.47 M (its projections); the paper's 572 also counts the channel-wise scaling.

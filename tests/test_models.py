@@ -23,19 +23,23 @@ def paper_millions(n):
 
 
 @pytest.mark.parametrize('reduction,millions', [(2, 45.7), (4, 35.7), (8, 30.7), (16, 28.1), (32, 26.9)])
+@pytest.mark.slow
 def test_table10_reduction_ratio_params(reduction, millions):
     assert paper_millions(n_params('se_resnet50', reduction=reduction)) == millions
 
 
 @pytest.mark.parametrize('stage,millions', [(2, 25.6), (3, 25.7), (4, 26.4)])
+@pytest.mark.slow
 def test_table13_se_in_one_stage_params(stage, millions):
     assert paper_millions(n_params('se_resnet50', se_stages=(stage,))) == millions
 
 
+@pytest.mark.slow
 def test_table15_se_after_3x3_params():
     assert paper_millions(n_params('se_resnet50', se_position='3x3')) == 25.8
 
 
+@pytest.mark.slow
 def test_baseline_and_se_resnet50_params():
     assert paper_millions(n_params('resnet50')) == 25.6
     assert paper_millions(n_params('se_resnet50')) == 28.1
@@ -67,8 +71,9 @@ def _forward_and_grad(model, x):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('squeeze', ['avg', 'max', 'none'])
-@pytest.mark.parametrize('gate', ['sigmoid', 'tanh', 'relu'])
+# Each squeeze and each gate once (they are independent steps of the block: the
+# squeeze makes z, the gate maps the excitation); the default pair is everywhere else.
+@pytest.mark.parametrize('squeeze,gate', [('avg', 'tanh'), ('max', 'relu'), ('none', 'sigmoid')])
 def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gate):
     model = create_model('se_resnet50', num_classes=5, squeeze=squeeze, gate=gate,
                          zero_init_last=False, **TINY)
@@ -91,12 +96,13 @@ def test_every_se_position_builds_and_trains(position, name):
 @pytest.mark.parametrize('stages', [(), (2,), (3,), (4,), (5,), (2, 3, 4, 5)])
 def test_se_stages_place_se_where_asked(stages):
     model = create_model('se_resnet50', num_classes=3, se_stages=stages, **TINY)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     with_se = sorted(int(k[len('stage'):].split('_')[0]) for k, v in variables['params'].items()
                      if k.startswith('stage') and 'se' in v)
     assert with_se == sorted(stages)
 
 
+@pytest.mark.slow
 def test_gates_are_sown_for_analysis():
     model = create_model('se_resnet_mini', num_classes=10)
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
@@ -108,6 +114,7 @@ def test_gates_are_sown_for_analysis():
     assert all(bool(jnp.all((g > 0) & (g < 1))) for g in gates.values())  # sigmoid gates
 
 
+@pytest.mark.slow
 def test_no_squeeze_gates_vary_over_space():
     se = SqueezeExcite(reduction=4, squeeze='none')
     u = jax.random.normal(jax.random.key(0), (2, 5, 7, 16))
@@ -118,6 +125,7 @@ def test_no_squeeze_gates_vary_over_space():
     np.testing.assert_allclose(out, u * gate, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_squeeze_excite_matches_the_paper_equations():
     u = jax.random.normal(jax.random.key(0), (2, 4, 4, 32))
     se = SqueezeExcite(reduction=8)
@@ -141,6 +149,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert float(jnp.abs(a - b).max() / jnp.abs(a).max()) < 3e-2
 
 
+@pytest.mark.slow
 def test_backbone_features_have_the_stage_strides():
     model = create_model('se_resnet50')
     x = jnp.zeros((1, 224, 224, 3))
@@ -150,6 +159,7 @@ def test_backbone_features_have_the_stage_strides():
         'conv4_x': (1, 14, 14, 1024), 'conv5_x': (1, 7, 7, 2048)}
 
 
+@pytest.mark.slow
 def test_any_input_size_and_min_size():
     model = create_model('legacy_se_resnet18', num_classes=7)
     assert min_input_size(model) == 32
@@ -158,6 +168,7 @@ def test_any_input_size_and_min_size():
     assert out.shape == (2, 7)
 
 
+@pytest.mark.slow
 def test_models_command_measures_each_model_at_its_input_size(capsys):
     from senet_jax.models.__main__ import main
     assert model_spec('se_resnet50').input_size == 224 and model_spec('se_resnet_mini').input_size == 16
@@ -226,6 +237,7 @@ def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
     assert float(jnp.abs(variables['params']['stage2_block0']['bn3']['scale']).max()) == 0  # sigmoid: zero-init kept
 
 
+@pytest.mark.slow
 def test_config_overrides_and_input_normalisation_helpers():
     from senet_jax.models import IMAGENET_MEAN, normalize_images, set_overrides
     overrides = set_overrides({'reduction': None, 'gate': 'tanh', 'se_stages': [4, 5]})
@@ -270,6 +282,7 @@ def test_fused_se_block_equals_the_steps_spelled_out(bottleneck):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_fuse_se_is_a_model_option():
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
     fused, plain = (create_model('se_resnet_mini', num_classes=10, fuse_se=f) for f in (True, False))

@@ -47,6 +47,7 @@ def random_variables(model, x, seed=0):
         else (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
+@pytest.mark.slow
 def test_eval_equals_linen_apply_for_the_same_variables():
     model = create_model('se_resnet_mini', num_classes=10)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
@@ -106,6 +107,7 @@ def test_one_nnx_training_step_equals_linen_and_training_lowers_the_loss():
     assert int(optimizer.step[...]) == 8
 
 
+@pytest.mark.slow
 def test_train_mode_needs_mutable_batch_stats_and_draws_dropout_from_rngs():
     model = create_model('se_resnet_mini', num_classes=10, drop_rate=0.5)
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
@@ -129,6 +131,7 @@ class SEHead(nnx.Module):
         return self.fc(self.se(x).mean((1, 2)))
 
 
+@pytest.mark.slow
 def test_squeeze_excite_alone_in_an_nnx_module():
     head = SEHead(nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (8, 4, 4, 16))

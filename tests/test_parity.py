@@ -4,6 +4,7 @@ The fixtures hold each reference's state_dict layout, parameter count and
 float64 eval logits for seeded weights (tests/make_reference.py); the weights
 are rebuilt here with numpy, converted, and run through our Flax model.
 """
+import dataclasses
 import json
 import os
 
@@ -21,6 +22,14 @@ from senet_jax.models import create_model, list_models, model_spec
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference')
 NAMES = [n for n in list_models() if model_spec(n).reference]
+# Logits on one depth per layout and block type; the other depths run no other code
+# (only the block counts differ), so for them the conversion (every key and shape,
+# strictly) and the parameter count are checked, not the logits again.
+OTHER_DEPTHS = ('resnet34', 'se_resnet34', 'legacy_se_resnet34',
+                'resnet101', 'se_resnet101', 'legacy_se_resnet101',
+                'resnet152', 'se_resnet152', 'legacy_se_resnet152',
+                'resnext101_32x4d', 'se_resnext101_32x4d', 'legacy_se_resnext101_32x4d')
+LOGIT_NAMES = [n for n in NAMES if n not in OTHER_DEPTHS]
 
 
 def _fixture(name):
@@ -36,8 +45,29 @@ def _count(tree):
     return sum(x.size for x in jax.tree.leaves(tree))
 
 
+def test_each_other_depth_differs_from_a_checked_one_only_in_its_block_counts():
+    def options(name):
+        model = create_model(name)
+        return (model_spec(name).layout, type(model).__name__,
+                tuple((f.name, repr(getattr(model, f.name))) for f in dataclasses.fields(model)
+                      if f.name not in ('layers', 'parent', 'name')))
+    checked = {options(n) for n in LOGIT_NAMES}
+    assert set(OTHER_DEPTHS) <= set(NAMES)
+    assert all(options(n) in checked for n in OTHER_DEPTHS)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', OTHER_DEPTHS)
+def test_other_depths_convert_with_the_reference_parameter_count(name):
+    ref = _fixture(name)
+    assert ref['reference'] == model_spec(name).reference
+    zeros = {key: np.zeros(shape, np.float32) for key, shape in ref['keys']}
+    variables = torch_to_flax(name, zeros)   # strict: every key, every shape
+    assert _count(variables['params']) == ref['num_params']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', LOGIT_NAMES)
 def test_matches_reference(name):
     """Parameter count and eval logits; the REDUCED models at one block per stage."""
     ref = _fixture(name)

@@ -44,6 +44,7 @@ class _State:
         return _State(opt_state)
 
 
+@pytest.mark.slow
 def test_validation_losses_cut_the_updates():
     c = _config()
     params = {'w': jnp.ones(3)}

@@ -58,6 +58,7 @@ def table3_millions(n):
     return math.floor(n / 1e5) / 10
 
 
+@pytest.mark.slow
 def test_base_matches_pytorchcv_and_megvii_differs_by_the_classifier_bias():
     with open(FIXTURE) as f:
         reference = json.load(f)['num_params']
@@ -67,6 +68,7 @@ def test_base_matches_pytorchcv_and_megvii_differs_by_the_classifier_bias():
     assert table3_millions(n) == 1.8 and round(n / 1e6, 1) == 1.9
 
 
+@pytest.mark.slow
 def test_se_shufflenet_reaches_table3_params():
     """1.8M -> 2.4M: SE (r = 16, biases) on the branch of each of the 16 units."""
     base = n_params('shufflenet_v1_g3')
@@ -85,6 +87,7 @@ def test_se_shufflenet_reaches_table3_params():
 
 
 @pytest.mark.parametrize('reduction,bias', [(8, True), (4, False)])
+@pytest.mark.slow
 def test_se_count_follows_the_formula_for_other_options(reduction, bias):
     want = n_params('shufflenet_v1_g3') + sum(se_params(c, reduction, bias) for c in branch_widths())
     assert n_params('se_shufflenet_v1_g3', reduction=reduction, se_bias=bias) == want
@@ -101,6 +104,7 @@ def test_se_multiply_adds_are_its_weights_once():
     assert round(plain / 1e6) == 137
 
 
+@pytest.mark.slow
 def test_features_have_the_paper_strides():
     model = create_model('se_shufflenet_v1_g3')
     for h, w in ((224, 224), (211, 197)):
@@ -122,12 +126,14 @@ def _gates(model, size=32):
     return [gates[b]['se']['gate'][0].shape[-1] for b in blocks]
 
 
+@pytest.mark.slow
 def test_one_se_gate_per_unit_on_its_branch():
     assert _gates(create_model('se_shufflenet_v1_g3')) == branch_widths()
     assert _gates(create_model('se_shufflenet_v1_g3', se_stages=(3,))) == [240] + [480] * 7
     assert _gates(create_model('shufflenet_v1_g3')) == []
 
 
+@pytest.mark.slow
 def test_channel_shuffle_is_the_papers_transpose():
     """Fig. 1(c): channels as (g, n), transposed to (n, g); output j * g + i is input i * n + j,
     so each group of the next grouped conv reads about n / g channels of every previous

@@ -1,18 +1,21 @@
 """train_and_evaluate in-process: two steps of a tiny model on fake data.
 
-The fast tier's whole-trainer check (the train.py runs in test_trainer.py are
-slow): it trains, logs, evaluates, checkpoints and knows when it is done.
+The whole trainer in one process (the train.py runs in test_trainer.py are
+subprocesses): it trains, logs, evaluates, checkpoints and knows when it is done.
+Slow: compiling the steps and starting the input pipeline cost tens of seconds.
 """
 import math
 
 import jax
 import numpy as np
+import pytest
 
 import test_train_utils as tu
 from configs import common
 from senet_jax import trainer
 
 
+@pytest.mark.slow
 def test_two_steps_log_evaluate_checkpoint_and_finish(tmp_path):
     workdir = str(tmp_path / 'run')
     config = common.small_run_config(num_epochs=1.0)

@@ -21,6 +21,12 @@ SHORT_RUN = ('--config.num_train_steps=60', '--config.checkpoint_every_steps=10'
              '--config.batch_size=32')
 
 
+def xla_cache_dir():
+    """The persistent compilation cache of this test run (made by conftest)."""
+    return os.environ.get('SENET_JAX_TEST_XLA_CACHE') or os.path.join(
+        tempfile.gettempdir(), 'senet_jax_test_xla_cache')
+
+
 def env(num_devices=None):
     e = dict(os.environ)
     e.pop('XLA_FLAGS', None)
@@ -28,9 +34,9 @@ def env(num_devices=None):
         e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
     e['TF_CPP_MIN_LOG_LEVEL'] = '2'
     e['JAX_PLATFORMS'] = 'cpu'
-    # XLA:CPU compiles are the slow part of these short runs: share them.
-    e['JAX_COMPILATION_CACHE_DIR'] = os.path.join(tempfile.gettempdir(),
-                                                  'senet_jax_test_xla_cache')
+    # XLA:CPU compiles are the slow part of these short runs: share them
+    # (the test run's own cache, conftest.XLA_CACHE_ENV).
+    e['JAX_COMPILATION_CACHE_DIR'] = xla_cache_dir()
     e['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     return e
 

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import tempfile
 import time
 import types
 
@@ -17,10 +16,7 @@ from senet_jax import trainer
 from senet_jax.errors import NonFiniteLossError, Preempted, UserError
 from senet_jax.models import normalize_images
 
-# Compiles are the slow part: share them with the subprocess runs' cache.
-jax.config.update('jax_compilation_cache_dir', os.path.join(
-    tempfile.gettempdir(), 'senet_jax_test_xla_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+# Compiles are the slow part: conftest shares them with the subprocess runs' cache.
 
 
 def tiny_config(**overrides):
@@ -118,6 +114,7 @@ def run(tmp_path_factory):
     return trainer.setup(tiny_config(), str(tmp_path_factory.mktemp('run')))
 
 
+@pytest.mark.slow
 def test_setup_builds_the_model_once_for_the_data(run):
     assert run.pipeline.num_classes == 10 and run.total_steps == 2
     assert run.dtype == 'float32'  # CPU
@@ -135,6 +132,7 @@ def test_setup_reports_model_errors_before_loading_data(monkeypatch, tmp_path):
         trainer.setup(tiny_config(image_size=4), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_evaluate_sums_on_device_equal_a_direct_count(run):
     state = run.steps.init(run.init_rng)
     got = trainer.evaluate(run.steps.eval, state, run.pipeline, run.mesh)
@@ -150,6 +148,7 @@ def test_evaluate_sums_on_device_equal_a_direct_count(run):
     assert got['eval_top1'] == pytest.approx(correct / count, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_restore_or_init_fresh_then_restored(run, tmp_path):
     ckpts = checkpoint_lib.Checkpoints(str(tmp_path), async_save=False)
     fresh = trainer.restore_or_init(run, ckpts)
@@ -167,6 +166,7 @@ def _train_batch(run, step=0):
     return trainer.sharding_lib.shard_batch(batch, run.mesh)
 
 
+@pytest.mark.slow
 def test_evaluate_only_scores_init_from_weights(run, tmp_path):
     from senet_jax import convert
     state = jax.device_get(run.steps.init(run.init_rng))

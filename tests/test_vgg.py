@@ -3,7 +3,9 @@ features, options, the head's pooling, and conversion from timm's `vgg16_bn`.
 
 The full network has 138M parameters and 15.5 GMACs at 224, so the fast tests
 use shapes only or 32x32 inputs with a narrow head (`mlp_width`); parity with
-timm at 224 and 289x131 is tests/test_parity.py (slow).
+timm at 224 and 289x131, through the conversion of timm's weights, is
+tests/test_parity.py (slow). The CLI and load_pretrained take every layout the
+same way (tests/test_convert.py's round trip); a VGG one would write 550 MB.
 """
 import json
 import os
@@ -13,12 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from safetensors.numpy import save_file
 
-from reference_weights import random_input, random_state_dict
-from senet_jax import load_pretrained
-from senet_jax.convert import main as convert_main
-from senet_jax.convert import torch_key, torch_to_flax
+from senet_jax.convert import torch_key
 from senet_jax.models import create_model
 from senet_jax.models.macs import count_macs
 from senet_jax.models.vgg import adaptive_avg_pool
@@ -49,6 +47,7 @@ def _gates(model, size=32):
     return {k: v['gate'][0].shape for k, v in state.get('intermediates', {}).items()}
 
 
+@pytest.mark.slow
 def test_se_vgg16_params_are_timms_vgg16_bn_plus_13_se_blocks():
     # The paper gives no parameter count for SE-VGG-16 (Table 2 lists GFLOPs
     # only): base = timm's vgg16_bn, plus per conv of C channels W1 (C x C/16),
@@ -62,6 +61,7 @@ def test_se_vgg16_params_are_timms_vgg16_bn_plus_13_se_blocks():
         2 * c * (c // 8) + c // 8 + c for c in CONV_WIDTHS)
 
 
+@pytest.mark.slow
 def test_se_follows_every_one_of_the_13_convolutions():
     gates = _gates(create_model('se_vgg16_bn', mlp_width=8))
     assert len(gates) == 13
@@ -72,6 +72,7 @@ def test_se_follows_every_one_of_the_13_convolutions():
     assert _gates(create_model('vgg16_bn', mlp_width=8)) == {}
 
 
+@pytest.mark.slow
 def test_return_features_gives_each_block_before_its_pool():
     model = create_model('se_vgg16_bn', mlp_width=8)
     x = jax.ShapeDtypeStruct((2, 64, 96, 3), jnp.float32)
@@ -83,6 +84,7 @@ def test_return_features_gives_each_block_before_its_pool():
     assert create_model('vgg16_bn').min_input_size() == 32
 
 
+@pytest.mark.slow
 def test_adaptive_pool_takes_pytorchs_bins():
     # Values from torch.nn.functional.adaptive_avg_pool2d: 5 -> 7 rows, 9 -> 7 columns.
     x = jnp.arange(5.0).reshape(1, 5, 1, 1)
@@ -93,6 +95,7 @@ def test_adaptive_pool_takes_pytorchs_bins():
                                [0.5, 1.5, 2.5, 4.0, 5.5, 6.5, 7.5])
 
 
+@pytest.mark.slow
 def test_small_maps_are_pooled_up_to_fc6s_window_and_large_ones_averaged_after_it():
     # pool5 maps 1x1, 5x4 and 9x1; fc6 (7x7, no padding) sees them pooled up to
     # 7x7, 7x7 and 9x7, so it gives 1x1, 1x1 and 3x1 positions (averaged by the head).
@@ -128,6 +131,7 @@ def test_every_variable_maps_to_a_key_of_timms_state_dict():
     assert sorted(torch_key(c, tuple(p), 'timm_vgg') for c, *p in flat) == sorted(keys)
 
 
+@pytest.mark.slow
 def test_multiply_adds_match_table2():
     # Every conv tap (padding included) and dense multiply-add: 15.47 G, the paper's
     # VGG-16 figure. SE adds 0.23 M (its two projections); the paper's +0.01 G for
@@ -140,16 +144,3 @@ def test_multiply_adds_match_table2():
     sides = [224, 224, 112, 112, 56, 56, 56, 28, 28, 28, 14, 14, 14]
     scale = sum(side * side * c for side, c in zip(sides, CONV_WIDTHS))
     assert scale == 13_547_520 and round((se + scale) / 1e9, 2) == 15.48
-
-
-@pytest.mark.slow
-def test_timm_weights_convert_with_the_cli_and_load_pretrained_gives_the_same_logits(tmp_path):
-    sd = random_state_dict(_reference()['keys'])
-    weights = tmp_path / 'vgg16_bn.safetensors'
-    save_file(sd, str(weights))
-    out = tmp_path / 'converted'
-    assert convert_main(['--model', 'vgg16_bn', '--weights', str(weights), '--out', str(out)]) == 0
-    model, variables = load_pretrained(str(out))
-    x = jnp.asarray(random_input(40, 36).transpose(0, 2, 3, 1))
-    direct = create_model('vgg16_bn').apply(torch_to_flax('vgg16_bn', sd), x)
-    np.testing.assert_array_equal(model.apply(variables, x), direct)

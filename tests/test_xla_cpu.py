@@ -41,6 +41,7 @@ def test_options_compile_and_keep_the_results():
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_user_flag_wins():
     code = 'from senet_jax import xla_cpu; print(xla_cpu.compiler_options())'
     env = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=+individual_convolution',
