@@ -89,6 +89,7 @@ TORCH_MODULE = {
     'legacy': _resnet_module,
     'timm_vgg': _vgg_module,
     'pytorchcv_mobilenet': _mobilenet_module,
+    'timm_mobilenet': _mobilenet_module,
     'timm_irv2': _inception_resnet_module,
     'pytorchcv_shufflenet': _shufflenet_module,
     'cadene_bninception': _bn_inception_module,

@@ -19,6 +19,7 @@ STAGES = (2, 3, 4, 5)      # conv2_x .. conv5_x
 STEMS = ('7x7', 'deep', 'deep_tiered', 'small')
 STEM_POOLS = ('pad', 'ceil', 'avg', None)
 KERNELS = ('auto', 'plain', 'cpu')   # how layers compute (cpu_kernels.choose), not what
+ACTIVATIONS = ('relu', 'relu6')     # MobileNet's: the paper's ReLU, TF-slim's (timm's) ReLU6
 
 
 def did_you_mean(given: Any, known: Iterable[Any]) -> str:
@@ -59,6 +60,7 @@ _RULES: Dict[str, _Rule] = {
     'num_classes': _Rule(lambda n: n >= 1, 'at least 1'),
     'drop_rate': _Rule(lambda p: 0 <= p < 1, 'in [0, 1)'),
     'kernels': _one_of(KERNELS),
+    'activation': _one_of(ACTIVATIONS),
 }
 
 

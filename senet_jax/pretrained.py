@@ -222,6 +222,8 @@ WEIGHTS = {
     'bn_inception.cadene_in1k': _w('bn_inception', 'http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth',
                                    mean_std=((128 / 255, 117 / 255, 104 / 255), (1 / 255,) * 3), bgr=True),
     'mobilenet_v1.pytorchcv_in1k': _pcv('mobilenet_v1', 'mobilenet_w1', '0895', '7e1d739f0fd4b95c16eef077c5dc0a5bb1da8ad5', 'v0.0.155'),
+    # timm's MobileNet v1 (ReLU6, Inception input): the zoo's mobilenetv1_100, in timm's layout.
+    'mobilenetv1_100.ra4_e3600_r224_in1k': _w('mobilenetv1_100', HUB + 'mobilenetv1_100.ra4_e3600_r224_in1k', interp='bicubic', mean_std=INCEPTION, test=(256, 0.95), top1=75.388),
     'shufflenet_v1_g3.pytorchcv_in1k': _pcv('shufflenet_v1_g3', 'shufflenet_g3_w1', '1348', 'ce54f64ecff87556a4303380f46abaaf649eb308', 'v0.0.244'),
     'resnet110_cifar.pytorchcv_cifar10': _pcv('resnet110_cifar', 'resnet110_cifar10', '0369', '4d6ca1fc02eaeed724f4f596011e391528536049', 'v0.0.163', 10),
     'resnet110_cifar.pytorchcv_cifar100': _pcv('resnet110_cifar', 'resnet110_cifar100', '2280', 'd8d397a767db6d22af040223ec8ae342a088c3e5', 'v0.0.190', 100),

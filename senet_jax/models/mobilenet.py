@@ -28,6 +28,13 @@ Multiply-adds at 224 (senet_jax.models.macs): 568.7 M plain, the paper's 569;
 SE's projections add 0.48 M. The paper's 572 for SE-MobileNet also counts SE's
 channel-wise scaling, one multiply per value of the 13 SE outputs (2.7 M):
 568.7 + 0.5 + 2.7 = 571.9.
+
+timm's `mobilenetv1_100` (timm 1.0.31, `efficientnet._gen_mobilenet_v1`) is the same
+network but for one thing: ReLU6 after every BN (`activation='relu6'`). Its stem,
+blocks (`dsa`: no residual), bias-free convs, symmetric padding, BN eps 1e-5, plain
+pooled head without a head conv and its 4,231,976 parameters are pytorchcv's. It
+is the zoo's `mobilenetv1_100`, converted from timm's module names (layout
+'timm_mobilenet'); its weights want Inception's 0.5 / 0.5 input (see pretrained.py).
 """
 from typing import Any, Optional, Sequence, Tuple
 
@@ -45,6 +52,8 @@ STAGES = (1, 2, 3, 4, 5)
 # The pointwise output channels of each block, per stage (MobileNet Table 1, width 1.0).
 CHANNELS = ((64,), (128, 128), (256, 256), (512,) * 6, (1024, 1024))
 STEM_WIDTH = 32
+# The non-linearity after every BN: the MobileNet paper's ReLU, or TF-slim's (and timm's) ReLU6.
+ACTIVATIONS = {'relu': nn.relu, 'relu6': nn.relu6}
 
 
 class DepthwiseSeparable(nn.Module):
@@ -52,6 +61,7 @@ class DepthwiseSeparable(nn.Module):
     features: int
     stride: int = 1
     se: Optional[Any] = None      # a SqueezeExcite partial, or None
+    activation: str = 'relu'
     kernels: str = 'auto'
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
@@ -62,9 +72,10 @@ class DepthwiseSeparable(nn.Module):
         conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         channels = x.shape[-1]
         x = conv(channels, 3, self.stride, groups=channels, name='dw_conv')(x)
-        x = nn.relu(norm(name='dw_bn')(x))
+        act = ACTIVATIONS[self.activation]
+        x = act(norm(name='dw_bn')(x))
         x = conv(self.features, 1, name='pw_conv')(x)
-        x = nn.relu(norm(name='pw_bn')(x))
+        x = act(norm(name='pw_bn')(x))
         return x if self.se is None else self.se(name='se')(x)
 
 
@@ -81,6 +92,7 @@ class MobileNetV1(nn.Module):
     reduction: float = 16
     squeeze: str = 'avg'
     gate: str = 'sigmoid'
+    activation: str = 'relu'       # 'relu6' for timm's mobilenetv1_100
     drop_rate: float = 0.0
     kernels: str = 'auto'          # how layers compute (senet_jax.cpu_kernels), never what
     dtype: Optional[Dtype] = None
@@ -101,7 +113,8 @@ class MobileNetV1(nn.Module):
         kernels = cpu_kernels.choose(self.kernels)
         conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         x = x.astype(self.dtype or x.dtype)
-        x = nn.relu(norm(name='stem_bn')(conv(STEM_WIDTH, 3, 2, name='stem_conv')(x)))
+        act = ACTIVATIONS[self.activation]
+        x = act(norm(name='stem_bn')(conv(STEM_WIDTH, 3, 2, name='stem_conv')(x)))
         features = {'stem': x}
         for stage, widths in zip(STAGES, CHANNELS):
             se = None
@@ -111,8 +124,8 @@ class MobileNetV1(nn.Module):
                                                 param_dtype=self.param_dtype, name=name)
             for unit, width in enumerate(widths, start=1):
                 stride = 2 if unit == 1 and stage > 1 else 1
-                x = DepthwiseSeparable(width, stride, se, kernels=self.kernels, dtype=self.dtype,
-                                       param_dtype=self.param_dtype,
+                x = DepthwiseSeparable(width, stride, se, self.activation, kernels=self.kernels,
+                                       dtype=self.dtype, param_dtype=self.param_dtype,
                                        name=f'stage{stage}_unit{unit}')(x, train)
             features[f'stage{stage}'] = x
         if return_features:
@@ -121,17 +134,25 @@ class MobileNetV1(nn.Module):
 
 
 def torch_module(path: Tuple[str, ...], layout: str) -> str:
-    """pytorchcv's module name for a Flax module path of `MobileNetV1` (layout 'pytorchcv_mobilenet')."""
-    del layout
+    """The reference's module name for a Flax module path of `MobileNetV1`: pytorchcv's
+    `mobilenet_w1` (layout 'pytorchcv_mobilenet') or timm's `mobilenetv1_100` ('timm_mobilenet')."""
+    timm = layout == 'timm_mobilenet'
     head, rest = path[0], list(path[1:])
     if head == 'fc':
-        return 'output'
+        return 'classifier' if timm else 'output'
     if head.startswith('stem_'):
+        if timm:
+            return {'stem_conv': 'conv_stem', 'stem_bn': 'bn1'}[head]
         return f"features.init_block.{head[len('stem_'):]}"
     stage, unit = head[len('stage'):].split('_unit')
-    names = {'dw_conv': 'dw_conv.conv', 'dw_bn': 'dw_conv.bn',
-             'pw_conv': 'pw_conv.conv', 'pw_bn': 'pw_conv.bn'}
-    return '.'.join([f'features.stage{stage}.unit{unit}'] + [names.get(p, p) for p in rest])
+    if timm:   # blocks.<stage - 1>.<unit - 1>.{conv_dw, bn1, conv_pw, bn2}
+        names = {'dw_conv': 'conv_dw', 'dw_bn': 'bn1', 'pw_conv': 'conv_pw', 'pw_bn': 'bn2'}
+        block = f'blocks.{int(stage) - 1}.{int(unit) - 1}'
+    else:
+        names = {'dw_conv': 'dw_conv.conv', 'dw_bn': 'dw_conv.bn',
+                 'pw_conv': 'pw_conv.conv', 'pw_bn': 'pw_conv.bn'}
+        block = f'features.stage{stage}.unit{unit}'
+    return '.'.join([block] + [names.get(p, p) for p in rest])
 
 
 def se_params(reduction: float = 16) -> int:
@@ -153,4 +174,7 @@ SPECS = {
                          odd_size=(209, 197)),
     'se_mobilenet_v1': spec(MobileNetV1, None, 'pytorchcv_mobilenet', source='pytorchcv',
                             paper=PaperFigures('Table 3', 0.572, 4.7), odd_size=(209, 197)),
+    # timm's: ReLU6, timm's module names; its global pool takes any size.
+    'mobilenetv1_100': spec(MobileNetV1, 'mobilenetv1_100', 'timm_mobilenet', se_stages=(),
+                            activation='relu6'),
 }
