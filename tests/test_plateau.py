@@ -115,7 +115,7 @@ def test_trainer_feeds_eval_loss_logs_the_cut_rate_and_resumes_with_it(tmp_path,
     follows them, and a run resumed from a checkpoint keeps the cut rate."""
     fed = []
 
-    def scripted_evaluate(eval_fn, state, pipeline, mesh):
+    def scripted_evaluate(eval_fn, state, pipeline, mesh, max_batches=0):
         fed.append(2.0)  # never better than the first: a plateau from eval 2 on
         return {'eval_loss': fed[-1], 'eval_top1': 0.1, 'eval_top5': 0.5,
                 'eval_examples': 8}
