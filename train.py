@@ -15,6 +15,7 @@ PyTorch DDP runs (each decodes its own slice of the data):
 
 import glob
 import os
+import re
 import sys
 
 from absl import app
@@ -148,7 +149,13 @@ def main(argv):
         if watch:
             watch.done()
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        if watch:
+            # The others may wait for this process at a barrier (a save that
+            # failed here only): they stop too, naming it. Exit without
+            # jax.distributed's shutdown barrier, which they never reach.
+            watch.stopped(f'error: {e}')
+            os._exit(1)  # pylint: disable=protected-access
         sys.exit(1)
     except Preempted as e:  # SIGTERM, or a first Ctrl-C (Interrupted): saved
         if watch:
@@ -164,8 +171,11 @@ def main(argv):
               file=sys.stderr, flush=True)
         os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
     except Exception as e:  # pylint: disable=broad-except
-        # A collective that failed because a peer died: name the peer instead.
-        if watch and type(e).__name__ == 'JaxRuntimeError':
+        # A collective that failed because a peer died or stopped: name the
+        # peer instead. XLA's runtime errors say their status first
+        # ('UNKNOWN: Gloo AllGather failed: ... Connection closed by peer').
+        if watch and (type(e).__name__ in ('JaxRuntimeError', 'XlaRuntimeError')
+                      or re.match(r'[A-Z_]+: ', str(e))):
             watch.settle()
         raise
 

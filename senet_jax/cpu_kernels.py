@@ -32,6 +32,7 @@ class Kernels(NamedTuple):
     batch_norm_train: Callable   # (x, scale, bias, epsilon) -> (y, mean, var); see layers.BatchNorm
     max_pool: Callable           # (x, window, stride, padding) -> y
     materialize: Callable        # (x, anchor) -> x
+    conv_weight_grad: Callable   # (x, g, window, stride, padding, groups) -> float32 dkernel
 
 
 def choose(kernels: str = 'auto') -> Kernels:
@@ -86,19 +87,31 @@ def _channel_matmul_fwd(x, w):
 def _channel_matmul_bwd(residuals, g):
     x, w = residuals
     dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
-    x = x.reshape(-1, x.shape[-1])
-    g = g.reshape(-1, g.shape[-1])
-    # dW = x^T g sums over every pixel, the leading axis of both operands, and
-    # XLA:CPU's fast matmul wants the summed axis last on the left. Transposing
-    # the narrower of the two explicitly is cheaper than letting XLA choose.
-    if x.shape[1] <= g.shape[1]:
-        dw = x.T @ g
-    else:
-        dw = (g.T @ x).T
-    return dx, dw.astype(w.dtype)
+    return dx, _pixel_sum_product(x, g).astype(w.dtype)
 
 
 _defvjp(channel_matmul, _channel_matmul_fwd, _channel_matmul_bwd)
+
+
+def _pixel_sum_product(x, g, result_dtype=None):
+    """x^T g summed over every pixel (all axes but the last), in `result_dtype`."""
+    x = x.reshape(-1, x.shape[-1])
+    g = g.reshape(-1, g.shape[-1])
+    # The summed axis leads in both operands, and XLA:CPU's fast matmul wants it
+    # last on the left. Transposing the narrower of the two explicitly is
+    # cheaper than letting XLA choose.
+    if x.shape[1] <= g.shape[1]:
+        return jnp.matmul(x.T, g, preferred_element_type=result_dtype)
+    return jnp.matmul(g.T, x, preferred_element_type=result_dtype).T
+
+
+def conv_weight_grad(x, g, window, stride: int, padding, groups: int):
+    """`layers.conv_weight_grad`: a 1x1 kernel's as channel_matmul's weight
+    gradient (a matrix product, float32 result), anything else as XLA's."""
+    if tuple(window) == (1, 1) and groups == 1 and all(tuple(p) == (0, 0) for p in padding):
+        x = x[:, ::stride, ::stride, :] if stride > 1 else x
+        return _pixel_sum_product(x, g, jnp.float32)[None, None]
+    return layers.conv_weight_grad(x, g, window, stride, padding, groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -253,10 +266,11 @@ def _as_is(x, anchor):
     return x
 
 
-_PLAIN = Kernels(layers.conv, layers.batch_norm_train, layers.max_pool, _as_is)
-_CPU = Kernels(conv, batch_norm_train, max_pool, materialize)
+_PLAIN = Kernels(layers.conv, layers.batch_norm_train, layers.max_pool, _as_is,
+                 layers.conv_weight_grad)
+_CPU = Kernels(conv, batch_norm_train, max_pool, materialize, conv_weight_grad)
 _AUTO = Kernels(*(_by_platform(cpu, plain, num_arrays)
-                  for cpu, plain, num_arrays in zip(_CPU, _PLAIN, (2, 3, 1, 2))))
+                  for cpu, plain, num_arrays in zip(_CPU, _PLAIN, (2, 3, 1, 2, 2))))
 
 
 # ---------------------------------------------------------------------------

@@ -125,7 +125,9 @@ class Conv(nn.Module):
     ((top, bottom), (left, right)). `convolve(x, kernel, stride, groups)`
     computes the square, default-padded case: XLA's convolution (`conv`), or
     another with the same values (senet_jax.cpu_kernels.conv); every other case
-    is XLA's convolution.
+    is XLA's convolution. `weight_grad(x, g, window, stride, padding, groups)`
+    gives the kernel's float32 gradient where the compute dtype is narrower
+    than the parameters (`with_float32_grads`; None: `conv_weight_grad`).
     """
     features: int
     kernel_size: Any = 3
@@ -138,6 +140,7 @@ class Conv(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
     convolve: Callable = conv
+    weight_grad: Callable = None   # None: conv_weight_grad
 
     @nn.compact
     def __call__(self, x):
@@ -167,8 +170,11 @@ class Conv(nn.Module):
                                                  feature_group_count=groups)
             return y if bias is None else y + bias
 
-        weight_grad = functools.partial(conv_weight_grad, window=(kh, kw), stride=self.strides,
-                                        padding=tuple(map(tuple, pad)), groups=groups)
+        pad = tuple(map(tuple, pad))
+        rule = self.weight_grad or conv_weight_grad
+
+        def weight_grad(x, g):
+            return rule(x, g, (kh, kw), self.strides, pad, groups)
         return with_float32_grads(apply, weight_grad, x, kernel, bias, self.dtype)
 
 
@@ -255,7 +261,7 @@ def dense_weight_grad(x, g):
                                preferred_element_type=jnp.float32)
 
 
-def conv_weight_grad(x, g, *, window, stride: int, padding, groups: int):
+def conv_weight_grad(x, g, window, stride: int, padding, groups: int):
     """d(conv)/dkernel applied to g, float32: the convolution JAX's own transpose
     rule writes for an NHWC x and HWIO kernel (the batch axis summed as the
     features; groups as batch groups), with a float32 result."""
@@ -400,8 +406,10 @@ def conv_and_norm(train: bool, dtype=None, param_dtype=jnp.float32, kernels=None
     senet_jax.cpu_kernels.Kernels; None: these plain layers) says how both compute.
     """
     convolve = conv if kernels is None else kernels.conv
+    weight_grad = conv_weight_grad if kernels is None else kernels.conv_weight_grad
     normalize = batch_norm_train if kernels is None else kernels.batch_norm_train
-    conv_ = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype, convolve=convolve)
+    conv_ = functools.partial(Conv, dtype=dtype, param_dtype=param_dtype, convolve=convolve,
+                              weight_grad=weight_grad)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=momentum,
                              epsilon=epsilon, unbiased_var=True, dtype=dtype,
                              param_dtype=param_dtype, normalize=normalize)

@@ -112,7 +112,12 @@ class PeerWatch:
     call is retried at the next beat: a transient RPC error is no loss), names
     the lost process, `on_lost(message)` is called and the process exits with
     status 1. A process that ends normally says so first (`done()`), so its
-    silence afterwards is not a loss.
+    silence afterwards is not a loss. A process that stops on its own error
+    (a failed checkpoint write, say) posts its line (`stopped(line)`): the
+    others, which would otherwise wait for it at the next collective or at
+    Orbax's save barrier, stop within a beat plus `grace_s` naming it. The
+    grace lets a process that meets the same error itself (every process does
+    for most config errors) print its own line instead.
 
     The key-value store is reached through jax's private
     `jax._src.distributed.global_state.client` (tested with the jax versions
@@ -123,9 +128,10 @@ class PeerWatch:
     PREFIX = 'senet_jax/peer_watch'
 
     def __init__(self, on_lost, interval_s: float = 5.0, timeout_s: float = 60.0,
-                 client=None, exit_fn=os._exit):  # pylint: disable=protected-access
+                 client=None, exit_fn=os._exit, grace_s: float = 10.0):  # pylint: disable=protected-access
         self.client = client if client is not None else _coordination_client()
         self.on_lost, self.interval_s, self.timeout_s = on_lost, interval_s, timeout_s
+        self.grace_s = grace_s
         self.exit_fn = exit_fn
         self.me, self.count = jax.process_index(), jax.process_count()
         self._stop = threading.Event()
@@ -139,11 +145,34 @@ class PeerWatch:
         self._thread.start()
 
     def done(self):
+        self._post('done', '1')
+
+    def stopped(self, line: str):
+        """This process stops on its own error, `line`: tell the others.
+        Process 0 hosts the coordination service, so it waits (at most a beat
+        and the grace) until every other process has read it and stopped or
+        ended."""
+        self._post('stopped', line)
+        if self.client is None or self.me != 0:
+            return
+        deadline = time.monotonic() + self.interval_s + self.grace_s + 5
+        others = {p for p in range(self.count) if p != self.me}
+        while time.monotonic() < deadline:
+            try:
+                keys = {k.rsplit(self.PREFIX + '/', 1)[-1]
+                        for k, _ in self.client.key_value_dir_get(self.PREFIX)}
+            except Exception:  # pylint: disable=broad-except
+                return
+            if all(f'stopped/{p}' in keys or f'done/{p}' in keys for p in others):
+                return
+            time.sleep(min(0.5, self.interval_s))
+
+    def _post(self, kind, value):
         self._stop.set()
         if self.client is None:
             return
         try:
-            self.client.key_value_set(f'{self.PREFIX}/done/{self.me}', '1',
+            self.client.key_value_set(f'{self.PREFIX}/{kind}/{self.me}', value,
                                       allow_overwrite=True)
         except Exception:  # pylint: disable=broad-except
             pass
@@ -163,7 +192,7 @@ class PeerWatch:
     def _run(self):
         seen = {p: (None, time.monotonic()) for p in range(self.count)
                 if p != self.me}
-        beat, failing_since = 0, None
+        beat, failing_since, stopped_at = 0, None, {}
         while not self._stop.wait(self.interval_s if beat else 0):
             beat += 1
             try:
@@ -182,6 +211,12 @@ class PeerWatch:
                                   f'({first[:120]})')
             now = time.monotonic()
             for p, (last, since) in seen.items():
+                if f'stopped/{p}' in values:
+                    stopped_at.setdefault(p, now)
+                    if now - stopped_at[p] >= self.grace_s:
+                        return self._lost(p, f'it stopped: {values[f"stopped/{p}"]}',
+                                          what='process')
+                    continue
                 if f'done/{p}' in values:
                     continue
                 value = values.get(f'alive/{p}')
@@ -190,12 +225,14 @@ class PeerWatch:
                 elif now - since > self.timeout_s:
                     return self._lost(p, f'no sign of life for {self.timeout_s:.0f} s')
 
-    def _lost(self, process, why):
+    def _lost(self, process, why, what='lost process'):
         if self._stop.is_set():
             return
-        self.on_lost(f'lost process {process} of {self.count} ({why}); stopping '
-                     'this one too: rerun every process with the same command to '
-                     'resume from the newest checkpoint')
+        message = (f'{what} {process} of {self.count} ({why}); stopping '
+                   'this one too: rerun every process with the same command to '
+                   'resume from the newest checkpoint')
+        self.on_lost(message)
+        self._post('stopped', f'error: {message}')
         self.exit_fn(1)
 
 

@@ -1,10 +1,10 @@
-"""Runs train.py with a checkpoint read that fails on one process.
+"""Runs train.py with a checkpoint read or write that fails on one process.
 
     python tests/restore_probe.py PROCESS FAILURES <train.py flags>
 
 On process PROCESS, the first FAILURES reads of a checkpoint raise an I/O
 error ('always': every read), as a storage hiccup would while many hosts
-read at once.
+read at once; FAILURES 'save': its first checkpoint write finds the disk full.
 """
 
 import errno
@@ -29,6 +29,14 @@ def main():
                 raise OSError(errno.EIO, 'injected read error')
         return real(self, *args)
     checkpoint.Checkpoints._read = read
+    real_save = checkpoint.Checkpoints.save
+
+    def save(self, step, *args, **kwargs):
+        import jax  # pylint: disable=g-import-not-at-top
+        if failures == 'save' and jax.process_index() == process:
+            self._save_failed(step, OSError(errno.ENOSPC, 'injected: no space left'))
+        return real_save(self, step, *args, **kwargs)
+    checkpoint.Checkpoints.save = save
 
     import train  # pylint: disable=g-import-not-at-top
     from absl import app  # pylint: disable=g-import-not-at-top

@@ -49,8 +49,9 @@ def test_no_half_precision_all_reduce_after_spmd_partitioning(all_reduces, case)
 @pytest.mark.parametrize('size,kernel,stride,groups,padding', [
     (9, 3, 1, 1, None), (9, 3, 2, 1, None), (8, 3, 2, 4, None), (7, 1, 2, 1, None),
     (11, 7, 2, 1, None), (8, (1, 7), 1, 1, None), (9, 3, 2, 2, ((0, 0), (0, 0))),
-    (10, 3, 1, 8, ((0, 1), (1, 0)))])
-def test_conv_weight_grad_is_autodiffs(size, kernel, stride, groups, padding):
+    (10, 3, 1, 8, ((0, 1), (1, 0))), (6, 1, 1, 1, None)])
+@pytest.mark.parametrize('form', ['plain', 'cpu'])
+def test_conv_weight_grad_is_autodiffs(size, kernel, stride, groups, padding, form):
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     padding = padding or ((kh // 2, kh // 2), (kw // 2, kw // 2))
     rng = np.random.default_rng(0)
@@ -60,8 +61,9 @@ def test_conv_weight_grad_is_autodiffs(size, kernel, stride, groups, padding):
         x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
         feature_group_count=groups), w)
     g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    got = layers.conv_weight_grad(x, g, window=(kh, kw), stride=stride, padding=padding,
-                                  groups=groups)
+    rule = cpu_kernels.choose(form).conv_weight_grad
+    got = rule(x, g, (kh, kw), stride, padding, groups)
+    assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-6, atol=1e-5)
 
 

@@ -76,3 +76,48 @@ def test_the_private_entry_point_exists_in_this_jax():
     """pyproject.toml bounds jax to the versions where this holds."""
     from jax._src import distributed
     assert hasattr(distributed.global_state, 'client')
+
+
+def test_a_peer_that_stopped_on_its_own_error_stops_this_one_after_the_grace(monkeypatch):
+    client = FakeClient(peer_alive=True)
+    client.store[f'{sharding.PeerWatch.PREFIX}/stopped/1'] = 'error: cannot write checkpoint 40'
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    lost, exited = [], threading.Event()
+    sharding.PeerWatch(on_lost=lost.append, interval_s=0.01, timeout_s=60, grace_s=0.2,
+                       client=client, exit_fn=lambda code: exited.set())
+    assert exited.wait(5)
+    assert lost == ['process 1 of 2 (it stopped: error: cannot write checkpoint 40); '
+                    'stopping this one too: rerun every process with the same command '
+                    'to resume from the newest checkpoint']
+    # It says so in turn, for the process that waits on it.
+    assert client.store[f'{sharding.PeerWatch.PREFIX}/stopped/0'] == f'error: {lost[0]}'
+
+
+def test_within_the_grace_its_own_error_comes_first(monkeypatch):
+    client = FakeClient(peer_alive=True)
+    client.store[f'{sharding.PeerWatch.PREFIX}/stopped/1'] = 'error: bad config'
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    monkeypatch.setattr(jax, 'process_index', lambda: 0)
+    lost, exited = [], threading.Event()
+    watch = sharding.PeerWatch(on_lost=lost.append, interval_s=0.01, timeout_s=60,
+                               grace_s=30, client=client, exit_fn=lambda code: exited.set())
+    watch.stopped('error: bad config')   # process 0: process 1 has stopped already
+    assert not exited.wait(0.3) and lost == []
+    assert client.store[f'{sharding.PeerWatch.PREFIX}/stopped/0'] == 'error: bad config'
+
+
+def test_process_0_waits_for_the_others_to_read_its_line(monkeypatch):
+    """Process 0 hosts the key-value store: it leaves only when the others have
+    stopped (or after a beat and the grace)."""
+    import time
+    client = FakeClient(peer_alive=True)
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    monkeypatch.setattr(jax, 'process_index', lambda: 0)
+    watch = sharding.PeerWatch(on_lost=pytest.fail, interval_s=0.01, timeout_s=60,
+                               grace_s=30, client=client, exit_fn=pytest.fail)
+    later = threading.Timer(0.5, client.store.__setitem__,
+                            (f'{sharding.PeerWatch.PREFIX}/stopped/1', 'error: ...'))
+    later.start()
+    start = time.monotonic()
+    watch.stopped('error: cannot write checkpoint 40')
+    assert 0.4 < time.monotonic() - start < 5

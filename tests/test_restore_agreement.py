@@ -1,7 +1,10 @@
-"""Two processes (jax.distributed on 127.0.0.1) agree on a restore.
+"""Two processes (jax.distributed on 127.0.0.1) agree on a restore, and stop
+together when a save fails on one.
 
 A process whose read fails once retries and both resume; one whose reads
-always fail makes both stop in one line, and nothing is set aside.
+always fail makes both stop in one line, and nothing is set aside. A save that
+fails on one process stops that one in its own line and the other, which would
+wait for it at Orbax's barrier, within seconds, naming it.
 """
 
 import os
@@ -28,11 +31,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _two_processes(workdir, failures):
+def _two_processes(workdir, failures, run=RUN):
     port = _free_port()
     procs = []
     for i in range(2):
-        cmd = tu.train_cmd(workdir, *RUN) + [
+        cmd = tu.train_cmd(workdir, *run) + [
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
             f'--process_id={i}']
         cmd[1:2] = [os.path.join(tu.REPO, 'tests', 'restore_probe.py'), '1',
@@ -80,3 +83,20 @@ def test_a_read_always_failing_on_one_process_stops_both(trained):
     # The good checkpoint is where it was.
     assert not os.path.exists(os.path.join(trained, 'corrupt_checkpoints'))
     assert tu.checkpoint_steps(trained) == [2]
+
+
+def test_a_save_failing_on_one_process_stops_both(tmp_path):
+    workdir = str(tmp_path / 'run')
+    results, took = _two_processes(workdir, 'save')
+    (code0, err0), (code1, err1) = results
+    assert code1 == 1 and code0 == 1, (err0[-2000:], err1[-2000:])
+    last1 = err1.strip().splitlines()[-1]
+    assert last1.startswith(f'error: cannot write checkpoint {workdir}/checkpoints/2: '
+                            'no space left on the device'), last1
+    last0 = err0.strip().splitlines()[-1]
+    assert last0 == (f'error: process 1 of 2 (it stopped: {last1}); stopping this one '
+                     'too: rerun every process with the same command to resume from '
+                     'the newest checkpoint'), last0
+    assert 'Traceback' not in err0 + err1
+    assert took < 150   # Orbax's barrier alone held process 0 for 20 minutes
+    assert tu.checkpoint_steps(workdir) == []
