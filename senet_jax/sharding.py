@@ -135,6 +135,7 @@ class PeerWatch:
         self.exit_fn = exit_fn
         self.me, self.count = jax.process_index(), jax.process_count()
         self._stop = threading.Event()
+        self._suspect = threading.Event()   # a collective failed (settle)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name='peer_watch')
         if self.client is None:
@@ -179,9 +180,16 @@ class PeerWatch:
 
     def settle(self):
         """After a failed collective: waits until a lost process would have
-        been named (and this one stopped); returns if every process is alive."""
+        been named (and this one stopped); returns if every process is alive.
+        A failed collective is evidence already, so silence of three beats
+        (not `timeout_s`) now names a process lost."""
+        self._suspect.set()
         if self._thread.is_alive():
             self._thread.join(self.timeout_s + 2 * self.interval_s)
+
+    def _timeout(self):
+        return (min(self.timeout_s, 3 * self.interval_s) if self._suspect.is_set()
+                else self.timeout_s)
 
     def _beat(self, beat: int) -> dict:
         self.client.key_value_set(f'{self.PREFIX}/alive/{self.me}', str(beat),
@@ -202,12 +210,12 @@ class PeerWatch:
                 now = time.monotonic()
                 failing_since = failing_since or now
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-                if now - failing_since < self.timeout_s:
+                if now - failing_since < self._timeout():
                     logging.warning('PeerWatch: the coordination service did not '
                                     'answer (%s); retrying', first[:120])
                     continue
                 return self._lost(0, f'the coordination service on process 0 '
-                                  f'stopped answering for {self.timeout_s:.0f} s '
+                                  f'stopped answering for {self._timeout():.0f} s '
                                   f'({first[:120]})')
             now = time.monotonic()
             for p, (last, since) in seen.items():
@@ -222,8 +230,8 @@ class PeerWatch:
                 value = values.get(f'alive/{p}')
                 if value != last:
                     seen[p] = (value, now)
-                elif now - since > self.timeout_s:
-                    return self._lost(p, f'no sign of life for {self.timeout_s:.0f} s')
+                elif now - since > self._timeout():
+                    return self._lost(p, f'no sign of life for {self._timeout():.0f} s')
 
     def _lost(self, process, why, what='lost process'):
         if self._stop.is_set():

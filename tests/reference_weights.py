@@ -17,7 +17,17 @@ REDUCED = {name: {'layers': [1, 1, 1, 1]} for name in (
     'resnet50d', 'resnet152d', 'se_resnet152d', 'se_resnext26d_32x4d', 'se_resnext26t_32x4d',
     'resnext101_32x8d', 'se_resnext101_32x8d', 'resnext101_64x4d', 'se_resnext101_64x4d',
     'se_resnext101d_32x8d', 'se_resnextaa101d_32x8d', 'se_resnextaa201d_32x8d', 'gluon_senet154',
-    'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d')}
+    'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d', 'senet154')}
+
+
+def shallowest(name):
+    """create_model arguments that keep `name`'s every code path at one unit per
+    stage (its stem, each stage's first unit, its head): for checks where depth
+    adds compile time and nothing else."""
+    from senet_jax.models import model_spec   # pylint: disable=g-import-not-at-top
+    family = model_spec(name).family.__name__
+    return {'ResNet': {'layers': (1, 1, 1, 1)}, 'CifarResNet': {'units': (1, 1, 1)},
+            'InceptionResNetV2': {'repeats': (1, 1, 1)}}.get(family, {})
 
 
 def train_batch():

@@ -16,6 +16,7 @@ import optax
 import pytest
 from jax import export
 
+from reference_weights import shallowest
 from senet_jax import sharding as sharding_lib
 from senet_jax import trainer
 from senet_jax.models import create_model
@@ -35,11 +36,12 @@ def _perturbed(variables, seed=0):
 
 def _run(name, kernels, size, batch):
     """Eval logits, training logits, the gradient of every parameter and the new
-    batch statistics of one float64 training step."""
+    batch statistics of one float64 training step (one unit per stage: each
+    stage's first unit holds every layer kind the deeper ones repeat)."""
     model = create_model(name, num_classes=7, dtype=jnp.float64, param_dtype=jnp.float64,
-                         drop_rate=0.0, kernels=kernels)
+                         drop_rate=0.0, kernels=kernels, **shallowest(name))
     x = jax.random.normal(jax.random.key(1), (batch, size, size, 3), jnp.float64)
-    variables = _perturbed(model.init(jax.random.key(0), x))
+    variables = _perturbed(jax.jit(model.init)(jax.random.key(0), x))
     weights = jax.random.normal(jax.random.key(2), (batch, 7), jnp.float64)
 
     def loss(params):

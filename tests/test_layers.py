@@ -154,12 +154,12 @@ def test_gradients_work_in_bfloat16(kernels):
     from senet_jax import create_model
     model = create_model('se_resnet_mini', dtype=jnp.bfloat16, num_classes=10, kernels=kernels)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    variables = model.init(jax.random.key(1), x)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
 
     def loss(params):
         logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
         return logits.sum()
-    grads = jax.grad(loss)(variables['params'])
+    grads = jax.jit(jax.grad(loss))(variables['params'])   # (compiled: op by op is slower)
     assert all(g.dtype == jnp.float32 and jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))
 
 

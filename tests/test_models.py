@@ -60,13 +60,14 @@ TINY = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), reduction=4)
 
 
 def _forward_and_grad(model, x):
-    variables = model.init({'params': jax.random.key(0)}, x)
+    # Compiled: op by op, a deep network's gradient takes longer than its compilation.
+    variables = jax.jit(model.init)({'params': jax.random.key(0)}, x)
 
     def loss(params):
         out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
         return jnp.mean(out ** 2), out
 
-    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+    (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
     return out, grads
 
 

@@ -121,3 +121,13 @@ def test_process_0_waits_for_the_others_to_read_its_line(monkeypatch):
     start = time.monotonic()
     watch.stopped('error: cannot write checkpoint 40')
     assert 0.4 < time.monotonic() - start < 5
+
+
+def test_after_a_failed_collective_a_shorter_silence_names_the_peer(monkeypatch):
+    """settle(): three beats of silence, not the full timeout."""
+    import time
+    watch, lost, exited = _watch(monkeypatch, FakeClient(peer_alive=False), timeout_s=30)
+    start = time.monotonic()
+    watch.settle()
+    assert exited.is_set() and time.monotonic() - start < 5
+    assert lost[0].startswith('lost process 1 of 2 (no sign of life for 0 s)')
