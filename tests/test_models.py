@@ -57,6 +57,8 @@ def test_reduced_width_rounding_of_both_layouts():
 
 # A small bottleneck network (one block per stage) keeps the option sweep fast.
 TINY = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), reduction=4)
+# One residual block (conv2_x's): where the options act is inside a block.
+ONE_BLOCK = dict(TINY, layers=(1, 0, 0, 0))
 
 
 def _forward_and_grad(model, x):
@@ -77,7 +79,7 @@ def _forward_and_grad(model, x):
 @pytest.mark.parametrize('squeeze,gate', [('avg', 'tanh'), ('max', 'relu'), ('none', 'sigmoid')])
 def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gate):
     model = create_model('se_resnet50', num_classes=5, squeeze=squeeze, gate=gate,
-                         zero_init_last=False, **TINY)
+                         zero_init_last=False, **ONE_BLOCK)
     out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(1), (2, 32, 32, 3)))
     assert out.shape == (2, 5) and bool(jnp.all(jnp.isfinite(out)))
     se_grads = [g for path, g in jax.tree_util.tree_leaves_with_path(grads) if 'se' in jax.tree_util.keystr(path)]
@@ -89,7 +91,7 @@ def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gat
 @pytest.mark.parametrize('position', SE_POSITIONS)
 @pytest.mark.parametrize('name', ['se_resnet50', 'se_resnet18'])
 def test_every_se_position_builds_and_trains(position, name):
-    model = create_model(name, num_classes=3, se_position=position, zero_init_last=False, **TINY)
+    model = create_model(name, num_classes=3, se_position=position, zero_init_last=False, **ONE_BLOCK)
     out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(2), (2, 32, 32, 3)))
     assert bool(jnp.all(jnp.isfinite(out))) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
@@ -231,7 +233,7 @@ def test_modules_built_by_hand_are_refused_by_the_same_rules(module):
 def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
     # With the last BN scale at 0 the SE input is 0 and a tanh/relu gate would be 0 too,
     # cutting the branch off from every gradient; such blocks start their last BN at 1.
-    model = create_model('se_resnet50', num_classes=3, gate=gate, **TINY)
+    model = create_model('se_resnet50', num_classes=3, gate=gate, **ONE_BLOCK)
     out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(3), (2, 32, 32, 3)))
     assert float(jnp.abs(grads['stage2_block0']['conv1']['kernel']).max()) > 0
     variables = create_model('se_resnet50', num_classes=3, **TINY).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
