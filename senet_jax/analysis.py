@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from senet_jax import xla_cpu
+from senet_jax.attention import parse_attention
 from senet_jax.checkpoint import user_path
 from senet_jax.errors import WriteFailed, write_error_kind
 from senet_jax.models import create_model, input_format, normalize_images, set_overrides
@@ -297,6 +298,21 @@ def plot_gate_curves(stats: GateStats, path: Optional[str] = None,
 # SE-guided channel pruning.
 
 
+def check_prunable(model):
+    """ValueError, one sentence, unless pruning by gate applies: a residual-family
+    network (whose gated channels leave a BN that pruning zeroes) with a block
+    that gives each channel one gate (not Gather-Excite's gather over a
+    neighbourhood, which gates each channel differently at each position)."""
+    if not hasattr(model, 'se_position'):
+        raise ValueError(f'pruning by gate zeroes the BatchNorm before a residual block\'s gate, '
+                         f'which only the residual family (ResNet, ResNeXt, SENet) has; '
+                         f'{type(model).__name__} has none.')
+    name, options = parse_attention(model.attention)
+    if name == 'ge' and options.get('extent', 0):
+        raise ValueError(f"pruning by gate needs one gate per channel; Gather-Excite with "
+                         f"extent {options['extent']} gates each position separately.")
+
+
 def gated_norm(model, block_params) -> str:
     """The BatchNorm whose output channels the block's SE gates (and pruning zeroes).
 
@@ -304,6 +320,7 @@ def gated_norm(model, block_params) -> str:
     basic block); '3x3': the BN after the 3x3 conv (bn2 / bn1). Other positions
     gate the block input, the sum or the shortcut, which has no BN of its own to zero.
     """
+    check_prunable(model)
     bottleneck = 'bn3' in block_params
     if model.se_position == 'standard':
         return 'bn3' if bottleneck else 'bn2'
@@ -395,6 +412,7 @@ def pruning_table(model, variables, data, num_classes: Optional[int] = None,
     a training split to rank on data the evaluation does not see). Returns rows
     {'fraction', 'pruned' (channels in all blocks), <criterion>: accuracy}.
     """
+    check_prunable(model)
     if not isinstance(data, (tuple, list)):
         data = list(data)  # one-shot iterators are read several times
     if stats is None and 'se_gate' in criteria:
@@ -524,10 +542,15 @@ def main(argv=None):
     print('Class specificity of the excitations (held-out digits):')
     print(specificity_table(stats), '\n')
     fractions = [float(f) for f in args.fractions.split(',')]
-    rows = pruning_table(model, variables, test, fractions=fractions, stats=train_stats,
-                         seed=args.seed)
-    print('Held-out top-1 after pruning a fraction of every SE block\'s channels:')
-    print(format_pruning_table(rows))
+    try:
+        check_prunable(model)
+    except ValueError as e:
+        print(f'no pruning table: {e}')
+    else:
+        rows = pruning_table(model, variables, test, fractions=fractions, stats=train_stats,
+                             seed=args.seed)
+        print('Held-out top-1 after pruning a fraction of every SE block\'s channels:')
+        print(format_pruning_table(rows))
     if args.png:
         try:
             write_figure(stats, args.png)

@@ -217,3 +217,68 @@ def test_analysis_reads_the_gates_of_any_block(attn):
     assert blocks == [f'stage{s}_block0' for s in (2, 3, 4, 5)]
     _, gates = jax.eval_shape(lambda v, x: analysis.gates_and_logits(model, v, x), variables, x)
     assert {b: g.shape for b, g in gates.items()} == dict(zip(blocks, [(2, 16), (2, 32), (2, 64), (2, 128)]))
+
+
+# One SE model of each family, at one unit per stage.
+_FAMILY_MODELS = ('se_resnet_mini', 'se_resnet110_cifar', 'se_bn_inception', 'se_inception_resnet_v2',
+                  'se_vgg16_bn', 'se_mobilenet_v1', 'se_shufflenet_v1_g3')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', _FAMILY_MODELS)
+def test_every_family_takes_every_block(name):
+    """Every family puts any registered block exactly where it puts SE (the same module
+    paths sow a gate, and hold that block's own parameters), and none with
+    attention=None; traced, not compiled."""
+    from reference_weights import shallowest
+    from senet_jax.models import min_input_size
+    side = max(min_input_size(create_model(name, **shallowest(name))), 32)
+    x = jnp.zeros((2, side, side, 3))
+
+    def placed(attn):
+        """The paths that sow a gate, and the parameter names of the block at each."""
+        model = create_model(name, num_classes=5, attention=attn, **shallowest(name))
+        def run(x):
+            variables = model.init(jax.random.key(0), x)
+            return variables['params'], model.apply(
+                variables, x, train=True, mutable=['batch_stats', 'intermediates'],
+                rngs={'dropout': jax.random.key(1)})
+        params, (logits, state) = jax.eval_shape(run, x)
+        assert logits.shape == (2, 5)
+        flat = traverse_util.flatten_dict(state.get('intermediates', {}))
+        paths = sorted(p[:-1] for p in flat if p[-1] == 'gate')
+
+        def names(path):
+            node = params
+            for key in path:
+                node = node.get(key, {})
+            return sorted(node)
+        return paths, {tuple(names(p)) for p in paths}
+
+    def own_params(attn):
+        block = create_attention(attn, train=True)
+        return {tuple(sorted(jax.eval_shape(block.init, jax.random.key(0),
+                                            jnp.zeros((1, 8, 8, 32))).get('params', {})))}
+
+    where, _ = placed('se')
+    assert where and placed(None)[0] == []
+    for attn in sorted(ATTENTIONS):
+        paths, names = placed(attn)
+        assert paths == where, attn
+        if attn != 'se':   # the families' SE keeps its own names (fc1/fc2, or the references')
+            assert names == own_params(attn), attn
+
+
+def test_pruning_by_gate_refuses_where_there_is_no_per_channel_gate():
+    """Pruning zeroes the BN before a residual block's gate: any block with one gate per
+    channel on the residual family; one sentence for another family or a spatial gather."""
+    from senet_jax import analysis
+    analysis.check_prunable(create_model('se_resnet_mini', attention='eca'))
+    analysis.check_prunable(create_model('se_resnet_mini', attention='cbam'))
+    analysis.check_prunable(create_model('se_resnet_mini', attention='ge'))   # extent 0: global
+    with pytest.raises(ValueError, match=r'^pruning by gate needs one gate per channel; Gather-Excite '
+                                         r'with extent 4 gates each position separately\.$'):
+        analysis.pruning_table(create_model('se_resnet_mini', attention=('ge', {'extent': 4})),
+                               None, [], fractions=(0.5,))
+    with pytest.raises(ValueError, match=r'^pruning by gate .* only the residual family .*; VGG has none\.$'):
+        analysis.check_prunable(create_model('se_vgg16_bn', attention='eca'))

@@ -47,9 +47,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm, max_pool_ceil
+from senet_jax.layers import classify, conv_and_norm, max_pool_ceil
+from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import CAFFE_BGR, PaperFigures, spec
-from senet_jax.options import validate_fields, validate_subset
 
 Dtype = Any
 
@@ -133,7 +133,7 @@ class InceptionModule(nn.Module):
         return out if self.se is None else self.se(name='se')(out)
 
 
-class BNInception(nn.Module):
+class BNInception(ZooModule):
     """BN-Inception / SE-BN-Inception for image classification, NHWC.
 
     `__call__(x, train=False)` returns float32 logits (float64 for a float64
@@ -141,35 +141,17 @@ class BNInception(nn.Module):
     stride: 'conv1' (stride 2, 64 channels), 'conv2' (4, 192), 'inception_3b'
     (8, 320), 'inception_4d' (16, 608), 'inception_5b' (32, 1024).
     """
-    num_classes: int = 1000
     conv_bias: bool = False       # a bias on every convolution (Cadene's port)
-    # Squeeze-and-Excitation, in the paper's words.
+    # Squeeze-and-Excitation, in the paper's words (the block: ZooModule's `attention`;
+    # the prototxt's SE: width floor(C / 16), biases). Neither reference has dropout.
     se_stages: Sequence[int] = STAGES
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
-    drop_rate: float = 0.0        # neither reference has dropout
-    kernels: str = 'auto'         # how the layers compute (senet_jax.cpu_kernels), never what
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
-
-    def __post_init__(self):
-        validate_fields(self, exclude=('se_stages',))
-        validate_subset('se_stages', self.se_stages, STAGES,
-                        ' (the Inception modules 3a-3c, 4a-4e, 5a-5b)')
-        super().__post_init__()
+    SE_STAGES = (STAGES, ' (the Inception modules 3a-3c, 4a-4e, 5a-5b)')
 
     def min_input_size(self) -> int:
         """The smallest input side for which every map is at least 1x1: the
         7x7/2 convolution gives 4 rows, the first pool 2, the second 1."""
         return 7
 
-    def _se(self, stage: int):
-        if stage not in self.se_stages:
-            return None
-        return functools.partial(SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
-                                 gate=self.gate, divisor=1, use_bias=True, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -185,8 +167,9 @@ class BNInception(nn.Module):
         x = unit('conv2_3x3', 192, 3, 1, x)
         features['conv2'] = x
         x = max_pool_ceil(x, 3, 2, pool=kernels.max_pool)
+        block = self.attention_block(train)
         for w in MODULES:
-            x = InceptionModule(w, conv_bias=self.conv_bias, se=self._se(int(w.name[0])),
+            x = InceptionModule(w, conv_bias=self.conv_bias, se=block if int(w.name[0]) in self.se_stages else None,
                                 kernels=self.kernels, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name=f'inception_{w.name}')(x, train)
             features[f'inception_{w.name}'] = x
@@ -236,7 +219,7 @@ SPECS = {
     # stem pools round up.
     'bn_inception': spec(BNInception, 'bninception', 'cadene_bninception', source='cadene',
                          input_format=CAFFE_BGR, paper=PaperFigures('Table 2', 2.03),
-                         odd_size=(223, 227), se_stages=(), conv_bias=True),
+                         odd_size=(223, 227), attention=None, conv_bias=True),
     # No PyTorch network to match; its parameter count is the prototxt's (tests).
     'se_bn_inception': spec(BNInception, None, 'caffe_se_bn_inception', input_format=CAFFE_BGR,
                             paper=PaperFigures('Table 2', 2.04)),

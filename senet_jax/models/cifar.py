@@ -31,17 +31,16 @@ pool with a fixed 8x8 window, which is the global average only when the last
 map is 8x8 (inputs of 29 to 32 pixels); ours pools globally at every size, as
 the papers describe.
 """
-import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm
+from senet_jax.layers import classify, conv_and_norm
+from senet_jax.models.base import ZooModule
 from senet_jax.models.resnet import ResidualBlock
 from senet_jax.models.spec import CIFAR, spec
-from senet_jax.options import validate_fields, validate_subset
 
 Dtype = Any
 
@@ -78,7 +77,7 @@ class PreActUnit(nn.Module):
         return y + shortcut
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ZooModule):
     """Residual network for 32x32 images (CIFAR-10/100), NHWC.
 
     `__call__(x, train=False)` returns float32 logits (float64 for a float64
@@ -87,27 +86,18 @@ class CifarResNet(nn.Module):
     16 and 8 pixels for a 32x32 input). For 'preact' networks 'stage3' is the
     sum of its last unit, before the final BN-ReLU.
     """
-    units: Sequence[int]                      # residual units per stage
+    units: Sequence[int] = (18, 18, 18)       # residual units per stage (ResNet-110's)
     block: str = 'basic'                      # 'basic' | 'bottleneck' | 'preact'
     channels: Sequence[int] = (16, 32, 64)    # output channels of each stage (bottleneck: 4x these)
     num_classes: int = 10
     stem_width: int = 16
-    # Squeeze-and-Excitation, in the paper's words; se_stages numbers the stages 1..3.
+    # Squeeze-and-Excitation, in the paper's words (the block: ZooModule's `attention`);
+    # se_stages numbers the stages 1..3. SE width floor(C / r), as the reference.
     se_stages: Sequence[int] = CIFAR_STAGES
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
-    se_divisor: int = 1                       # floor(C / r), as the reference
-    se_bias: bool = True
-    kernels: str = 'auto'                     # how layers compute (cpu_kernels), never what
-    drop_rate: float = 0.0                    # before the classifier (the references have none)
     zero_init_last: bool = True               # post-activation units: last BN scale starts at 0
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
+    SE_STAGES = (CIFAR_STAGES, ' (the three CIFAR stages)')
 
     def __post_init__(self):
-        validate_fields(self, exclude=('se_stages',))
-        validate_subset('se_stages', self.se_stages, CIFAR_STAGES, ' (the three CIFAR stages)')
         if self.block not in BLOCKS:
             raise ValueError(f'block must be one of {BLOCKS}, got {self.block!r}.')
         for option in ('units', 'channels'):
@@ -120,13 +110,6 @@ class CifarResNet(nn.Module):
     def min_input_size(self) -> int:
         """The total stride: every stage keeps at least a 1x1 map from this size up."""
         return 4
-
-    def _se(self, stage: int):
-        if stage not in self.se_stages:
-            return None
-        return functools.partial(SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
-                                 gate=self.gate, divisor=self.se_divisor, use_bias=self.se_bias,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
 
     def _unit(self, planes: int, stride: int, se, name: str):
         common = dict(stride=stride, se=se, kernels=self.kernels, dtype=self.dtype,
@@ -148,9 +131,10 @@ class CifarResNet(nn.Module):
             x = nn.relu(norm(name='stem_bn')(x))
         features = {'stem': x}
         for i, (stage, depth, planes) in enumerate(zip(CIFAR_STAGES, self.units, self.channels)):
+            se = self.attention_block(train) if stage in self.se_stages else None
             for b in range(depth):   # named as models/resnet.py's blocks (analysis reads them)
                 stride = 2 if (b == 0 and i > 0) else 1
-                x = self._unit(planes, stride, self._se(stage), f'stage{stage}_block{b}')(x, train)
+                x = self._unit(planes, stride, se, f'stage{stage}_block{b}')(x, train)
             features[f'stage{stage}'] = x
         if return_features:
             return features
@@ -220,5 +204,5 @@ _NETWORKS = {   # name: (reference plain, reference SE, layout, module arguments
                 dict(units=(2, 2, 2), block='preact', channels=(128, 256, 512))),
 }
 for _base, (_plain, _se, _layout, _kwargs) in _NETWORKS.items():
-    _register(f'{_base}_cifar', _plain, _layout, se_stages=(), **_kwargs)
+    _register(f'{_base}_cifar', _plain, _layout, attention=None, **_kwargs)
     _register(f'se_{_base}_cifar', _se, _layout, **_kwargs)

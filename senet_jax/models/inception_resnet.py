@@ -52,9 +52,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm
+from senet_jax.layers import classify, conv_and_norm
+from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import InputFormat, PaperFigures, spec
-from senet_jax.options import validate_fields, validate_subset
 
 Dtype = Any
 
@@ -202,7 +202,7 @@ def final_side(side: int) -> int:
     return side
 
 
-class InceptionResNetV2(nn.Module):
+class InceptionResNetV2(ZooModule):
     """Inception-ResNet-v2 for image classification, NHWC (299 x 299 inputs in [-1, 1]).
 
     `__call__(x, train=False)` returns float32 logits (float64 for a float64
@@ -213,23 +213,13 @@ class InceptionResNetV2(nn.Module):
     8, 16, 32, 32. The valid convolutions and pools shave the edges, so a
     299 x 299 input gives 71, 35, 17, 8 and 8 pixels a side.
     """
-    num_classes: int = 1000
     repeats: Sequence[int] = (10, 20, 9)   # Block35, Block17, Block8 units before the last Block8
-    # Squeeze-and-Excitation, in the paper's words; se_stages: unit types that carry it.
+    # Squeeze-and-Excitation, in the paper's words (the block: ZooModule's `attention`);
+    # se_stages: unit types that carry it.
     se_stages: Sequence[str] = SE_UNITS
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
-    drop_rate: float = 0.0
-    # How the layers are computed, never what: 'auto', 'plain' or 'cpu' (senet_jax.cpu_kernels).
-    kernels: str = 'auto'
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
+    SE_STAGES = (SE_UNITS, ' (the Inception-ResNet-A, -B and -C units)')
 
     def __post_init__(self):
-        validate_fields(self, exclude=('se_stages',))
-        validate_subset('se_stages', self.se_stages, SE_UNITS,
-                        ' (the Inception-ResNet-A, -B and -C units)')
         r = self.repeats
         if (isinstance(r, (int, str)) or len(r) != 3
                 or not all(isinstance(n, int) and n >= 0 for n in r)):
@@ -244,11 +234,8 @@ class InceptionResNetV2(nn.Module):
             side += 1
         return side
 
-    def _se(self, kind):
-        if kind not in self.se_stages:
-            return None
-        return functools.partial(SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
-                                 gate=self.gate, dtype=self.dtype, param_dtype=self.param_dtype)
+    def _se(self, kind, train: bool):
+        return self.attention_block(train) if kind in self.se_stages else None
 
     def _stem(self, x, cb, kernels):
         x = cb(32, 3, 2, VALID, name='conv2d_1a')(x)
@@ -273,11 +260,11 @@ class InceptionResNetV2(nn.Module):
         for kind, depth, mixed in zip(SE_UNITS, self.repeats, ('5b', '6a', '7a')):
             x = Mixed(kind=mixed, **common, name=f'mixed_{mixed}')(x, train)
             for i in range(depth):
-                x = InceptionResNetUnit(kind=kind, scale=SCALES[kind], se=self._se(kind), **common,
+                x = InceptionResNetUnit(kind=kind, scale=SCALES[kind], se=self._se(kind, train), **common,
                                         name=f'{kind}_{i}')(x, train)
             features[kind] = x
         # The last Block8: the whole branch added (scale 1), no ReLU before conv2d_7b.
-        x = InceptionResNetUnit(kind='block8', scale=1.0, activate=False, se=self._se('block8'),
+        x = InceptionResNetUnit(kind='block8', scale=1.0, activate=False, se=self._se('block8', train),
                                 **common, name='block8')(x, train)
         features['block8'] = x
         x = features['conv2d_7b'] = cb(1536, 1, name='conv2d_7b')(x)
@@ -310,7 +297,7 @@ def torch_module(path, layout: str = 'timm_irv2') -> str:
 
 SPECS = {
     'inception_resnet_v2': spec(
-        InceptionResNetV2, 'inception_resnet_v2', 'timm_irv2', se_stages=(), input_size=299,
+        InceptionResNetV2, 'inception_resnet_v2', 'timm_irv2', attention=None, input_size=299,
         input_format=INCEPTION, odd_size=(170, 201), paper=PaperFigures('Table 2', 11.75)),
     'se_inception_resnet_v2': spec(
         InceptionResNetV2, None, 'timm_irv2', input_size=299, input_format=INCEPTION,

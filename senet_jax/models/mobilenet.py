@@ -42,9 +42,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm
+from senet_jax.layers import classify, conv_and_norm
+from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import PaperFigures, spec
-from senet_jax.options import validate_fields, validate_subset
 
 Dtype = Any
 
@@ -79,29 +79,17 @@ class DepthwiseSeparable(nn.Module):
         return x if self.se is None else self.se(name='se')(x)
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(ZooModule):
     """MobileNet v1 (width 1.0) for image classification, NHWC, with optional SE per block.
 
     `__call__(x, train=False)` returns float32 logits. With `return_features=True`
     it returns the stage outputs instead: 'stem' and 'stage1' .. 'stage5'
     (strides 2, 2, 4, 8, 16, 32).
     """
-    num_classes: int = 1000
-    # Squeeze-and-Excitation, in the paper's words.
+    # Squeeze-and-Excitation, in the paper's words (the block: ZooModule's `attention`).
     se_stages: Sequence[int] = STAGES
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
     activation: str = 'relu'       # 'relu6' for timm's mobilenetv1_100
-    drop_rate: float = 0.0
-    kernels: str = 'auto'          # how layers compute (senet_jax.cpu_kernels), never what
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
-
-    def __post_init__(self):
-        validate_fields(self, exclude=('se_stages',))
-        validate_subset('se_stages', self.se_stages, STAGES, ' (the stages whose blocks carry SE)')
-        super().__post_init__()
+    SE_STAGES = (STAGES, ' (the stages whose blocks carry SE)')
 
     def min_input_size(self) -> int:
         """The network's total stride. Any side runs (each stride-2 conv rounds up), but below
@@ -117,11 +105,7 @@ class MobileNetV1(nn.Module):
         x = act(norm(name='stem_bn')(conv(STEM_WIDTH, 3, 2, name='stem_conv')(x)))
         features = {'stem': x}
         for stage, widths in zip(STAGES, CHANNELS):
-            se = None
-            if stage in self.se_stages:
-                se = lambda name: SqueezeExcite(reduction=self.reduction, squeeze=self.squeeze,
-                                                gate=self.gate, dtype=self.dtype,
-                                                param_dtype=self.param_dtype, name=name)
+            se = self.attention_block(train) if stage in self.se_stages else None
             for unit, width in enumerate(widths, start=1):
                 stride = 2 if unit == 1 and stage > 1 else 1
                 x = DepthwiseSeparable(width, stride, se, self.activation, kernels=self.kernels,
@@ -170,11 +154,11 @@ SPECS = {
     # Paper Table 3: 1.0 MobileNet-224, 569 MFLOPs and 4.2M parameters -> SE 572 and 4.7M.
     # pytorchcv's fixed 7x7 final pool needs a 7x7 last map: the odd size is 209 x 197.
     'mobilenet_v1': spec(MobileNetV1, 'mobilenet_w1', 'pytorchcv_mobilenet', source='pytorchcv',
-                         se_stages=(), paper=PaperFigures('Table 3', 0.569, 4.2),
+                         attention=None, paper=PaperFigures('Table 3', 0.569, 4.2),
                          odd_size=(209, 197)),
     'se_mobilenet_v1': spec(MobileNetV1, None, 'pytorchcv_mobilenet', source='pytorchcv',
                             paper=PaperFigures('Table 3', 0.572, 4.7), odd_size=(209, 197)),
     # timm's: ReLU6, timm's module names; its global pool takes any size.
-    'mobilenetv1_100': spec(MobileNetV1, 'mobilenetv1_100', 'timm_mobilenet', se_stages=(),
+    'mobilenetv1_100': spec(MobileNetV1, 'mobilenetv1_100', 'timm_mobilenet', attention=None,
                             activation='relu6'),
 }

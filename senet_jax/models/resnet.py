@@ -22,15 +22,14 @@ anti-aliasing (`aa`, with `stem_pool='avg'`).
 Every convolution uses explicit symmetric padding (k // 2), as PyTorch does,
 never 'SAME', so odd input sizes give exactly the reference's feature maps.
 """
-import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.attention import create_attention, parse_attention
 from senet_jax.layers import SqueezeExcite, avg_pool_2x2, classify, conv_and_norm, max_pool_ceil
+from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
 
@@ -157,7 +156,7 @@ def _fused_se_output(u, a, b, s, shortcut):
     return nn.relu(u * scale + shift + shortcut).astype(u.dtype)
 
 
-class ResNet(nn.Module):
+class ResNet(ZooModule):
     """Residual network for image classification, NHWC.
 
     `__call__(x, train=False)` returns float32 logits (float64 for a float64
@@ -165,9 +164,8 @@ class ResNet(nn.Module):
     dict with 'stem' and 'conv2_x' .. 'conv5_x' (strides 4, 4, 8, 16, 32 for the
     ImageNet stems), for detection and segmentation backbones.
     """
-    layers: Sequence[int]
+    layers: Sequence[int] = (3, 4, 6, 3)
     bottleneck: bool = True
-    num_classes: int = 1000
     widths: Sequence[int] = (64, 128, 256, 512)   # 'planes' of each stage
     cardinality: int = 1                          # groups of the 3x3 conv (ResNeXt C)
     base_width: int = 64                          # ResNeXt d: 3x3 width = planes * d / 64 * C
@@ -183,30 +181,12 @@ class ResNet(nn.Module):
     downsample_kernel: int = 1
     avg_down: bool = False                        # ResNet-D projection shortcut (see ResidualBlock)
     aa: bool = False                              # anti-aliased downsampling, timm's aa_layer=nn.AvgPool2d
-    # Squeeze-and-Excitation, in the paper's words. `attention` names the block
-    # (senet_jax.attention: 'se', 'eca', ('ge', {'extent': 4}), ...; None: none) that
-    # se_stages and se_position place; the options below are the 'se' block's.
-    attention: Any = 'se'
+    # Squeeze-and-Excitation, in the paper's words: `attention` (ZooModule) names the
+    # block that se_stages and se_position place.
     se_stages: Sequence[int] = STAGES
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
     se_position: str = 'standard'
-    se_divisor: int = 1
-    se_bias: bool = True
     fuse_se: bool = True   # see ResidualBlock; False keeps each step's output for capture_intermediates
-    # How the layers are computed, never what: 'auto' (senet_jax.cpu_kernels on
-    # CPU, the plain layers on GPU and TPU), 'plain' or 'cpu' everywhere.
-    kernels: str = 'auto'
-    drop_rate: float = 0.0
     zero_init_last: bool = True
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
-
-    def __post_init__(self):
-        validate_fields(self)   # a bad option fails here, in one sentence (senet_jax.options)
-        parse_attention(self.attention)
-        super().__post_init__()
 
     def min_input_size(self) -> int:
         """The smallest input side for which every stage still has a feature map of at least 1x1."""
@@ -242,17 +222,7 @@ class ResNet(nn.Module):
 
         expansion = 4 if self.bottleneck else 1
         for i, (stage, depth, planes) in enumerate(zip(STAGES, self.layers, self.widths)):
-            se = None
-            attention, options = parse_attention(self.attention)
-            if stage in self.se_stages and attention == 'se':
-                se = functools.partial(
-                    SqueezeExcite, **{**dict(
-                        reduction=self.reduction, squeeze=self.squeeze, gate=self.gate,
-                        divisor=self.se_divisor, use_bias=self.se_bias), **options},
-                    dtype=self.dtype, param_dtype=self.param_dtype)
-            elif stage in self.se_stages and attention is not None:
-                se = functools.partial(create_attention, self.attention, train=train,
-                                       dtype=self.dtype, param_dtype=self.param_dtype)
+            se = self.attention_block(train) if stage in self.se_stages else None
             width = (planes * self.base_width // 64) * self.cardinality if self.bottleneck else planes
             for b in range(depth):
                 x = ResidualBlock(

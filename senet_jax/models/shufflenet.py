@@ -36,16 +36,15 @@ channel scaling). And in a grouped unit SE is not small: its C^2/8 weights are
 three quarters of the two grouped 1x1 convs' C^2/6 (g = 3), where in a
 ResNet-50 bottleneck they are about an eighth of the unit's.
 """
-import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm
+from senet_jax.layers import classify, conv_and_norm
+from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import PaperFigures, spec
-from senet_jax.options import validate_fields, validate_subset
 
 Dtype = Any
 
@@ -98,7 +97,7 @@ class ShuffleUnit(nn.Module):
         return nn.relu(y + x)
 
 
-class ShuffleNet(nn.Module):
+class ShuffleNet(ZooModule):
     """ShuffleNet v1 for image classification, NHWC; SE-ShuffleNet with `se_stages`.
 
     `__call__(x, train=False)` returns float32 logits (float64 for a float64
@@ -108,25 +107,15 @@ class ShuffleNet(nn.Module):
     which at the 7x7 map of a 224 input (any side from 193 to 224) is the
     reference's 7x7 average pool; other sizes work too.
     """
-    num_classes: int = 1000
     groups: int = 3                                   # g of the grouped 1x1 convs
     stage_widths: Sequence[int] = (240, 480, 960)     # output channels of Stage2..4 (1x, g = 3)
     stage_repeats: Sequence[int] = (4, 8, 4)          # units per stage
     stem_width: int = 24
-    # Squeeze-and-Excitation, in the SENet paper's words.
+    # Squeeze-and-Excitation, in the SENet paper's words (the block: ZooModule's `attention`).
     se_stages: Sequence[int] = STAGES
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
-    se_bias: bool = True
-    drop_rate: float = 0.0
-    kernels: str = 'auto'   # how layers compute, never what (senet_jax.cpu_kernels)
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
+    SE_STAGES = (STAGES, ' (Stage2..Stage4 of ShuffleNet)')
 
     def __post_init__(self):
-        validate_fields(self, exclude=('se_stages',))
-        validate_subset('se_stages', self.se_stages, STAGES, ' (Stage2..Stage4 of ShuffleNet)')
         _check_widths(self.groups, self.stem_width, self.stage_widths, self.stage_repeats)
         super().__post_init__()
 
@@ -144,11 +133,7 @@ class ShuffleNet(nn.Module):
         features = {'conv1': x}
         x = kernels.max_pool(x, 3, 2, ((1, 1), (1, 1)))
         for stage, width, repeats in zip(STAGES, self.stage_widths, self.stage_repeats):
-            se = None
-            if stage in self.se_stages:
-                se = functools.partial(SqueezeExcite, reduction=self.reduction, squeeze=self.squeeze,
-                                       gate=self.gate, use_bias=self.se_bias, dtype=self.dtype,
-                                       param_dtype=self.param_dtype)
+            se = self.attention_block(train) if stage in self.se_stages else None
             for b in range(repeats):   # named as the ResNet blocks, for senet_jax.analysis
                 x = ShuffleUnit(features=width, groups=self.groups, downsample=b == 0,
                                 group_first=not (stage == 2 and b == 0), se=se,
@@ -197,7 +182,7 @@ def torch_module(path, layout: str) -> str:
 
 SPECS = {
     'shufflenet_v1_g3': spec(ShuffleNet, 'shufflenet_g3_w1', 'pytorchcv_shufflenet',
-                             source='pytorchcv', se_stages=(), odd_size=(211, 197),
+                             source='pytorchcv', attention=None, odd_size=(211, 197),
                              paper=PaperFigures('Table 3', 0.140, 1.8)),
     'se_shufflenet_v1_g3': spec(ShuffleNet, None, 'pytorchcv_shufflenet', source='pytorchcv',
                                 odd_size=(211, 197), paper=PaperFigures('Table 3', 0.142, 2.4)),

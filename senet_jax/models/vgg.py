@@ -28,15 +28,15 @@ counts SE's channel-wise scaling, one multiply per value of the 13 SE outputs
 Dropout: timm's `drop_rate` (default 0.0) acts after fc6's ReLU and before
 the classifier; `drop_rate` here does the same in both places.
 """
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm
+from senet_jax.layers import classify, conv_and_norm
+from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import PaperFigures, spec
-from senet_jax.options import validate_fields, validate_subset
 
 Dtype = Any
 
@@ -60,7 +60,7 @@ def adaptive_avg_pool(x, out_h: int, out_w: int):
     return x
 
 
-class VGG(nn.Module):
+class VGG(ZooModule):
     """VGG-16-BN for image classification, NHWC, with optional SE after every conv's ReLU.
 
     `__call__(x, train=False)` returns float32 logits. With `return_features=True`
@@ -68,21 +68,12 @@ class VGG(nn.Module):
     last ReLU and SE, before its max pool; strides 1, 2, 4, 8, 16) and 'pool5'
     (the last max pool, stride 32, the input of fc6), as timm's feature taps.
     """
-    num_classes: int = 1000
     mlp_width: int = 4096          # channels of fc6 and fc7
-    # Squeeze-and-Excitation, in the paper's words.
+    # Squeeze-and-Excitation, in the paper's words (the block: ZooModule's `attention`).
     se_stages: Sequence[int] = BLOCKS
-    reduction: float = 16
-    squeeze: str = 'avg'
-    gate: str = 'sigmoid'
-    drop_rate: float = 0.0
-    kernels: str = 'auto'          # how layers compute (senet_jax.cpu_kernels), never what
-    dtype: Optional[Dtype] = None
-    param_dtype: Dtype = jnp.float32
+    SE_STAGES = (BLOCKS, ' (the conv blocks conv1_x..conv5_x)')
 
     def __post_init__(self):
-        validate_fields(self, exclude=('se_stages',))
-        validate_subset('se_stages', self.se_stages, BLOCKS, ' (the conv blocks conv1_x..conv5_x)')
         if not isinstance(self.mlp_width, int) or self.mlp_width < 1:
             raise ValueError(f'mlp_width must be a positive integer, got {self.mlp_width!r}.')
         super().__post_init__()
@@ -91,19 +82,16 @@ class VGG(nn.Module):
         """The smallest input side for which the last max pool still leaves a 1x1 map."""
         return 2 ** len(BLOCKS)
 
-    def _se(self, name: str):
-        return SqueezeExcite(reduction=self.reduction, squeeze=self.squeeze, gate=self.gate,
-                             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-
     def _features(self, x, train: bool, kernels):
         conv, norm = conv_and_norm(train, self.dtype, self.param_dtype, kernels)
         features = {}
+        se = self.attention_block(train)
         for block, depth, width in zip(BLOCKS, DEPTHS, WIDTHS):
             for i in range(1, depth + 1):
                 x = conv(width, 3, use_bias=True, name=f'conv{block}_{i}')(x)
                 x = nn.relu(norm(name=f'bn{block}_{i}')(x))
-                if block in self.se_stages:
-                    x = self._se(f'se{block}_{i}')(x)
+                if se is not None and block in self.se_stages:
+                    x = se(name=f'se{block}_{i}')(x)
             features[f'conv{block}'] = x
             x = kernels.max_pool(x, 2, 2, ((0, 0), (0, 0)))
         features['pool5'] = x
@@ -165,7 +153,7 @@ def se_params(reduction: float = 16) -> int:
 
 SPECS = {
     # Paper Table 2: VGG-16 (re-implemented with BN) 15.47 GFLOPs -> SE-VGG-16 15.48 at 224.
-    'vgg16_bn': spec(VGG, 'vgg16_bn', 'timm_vgg', se_stages=(),
+    'vgg16_bn': spec(VGG, 'vgg16_bn', 'timm_vgg', attention=None,
                      paper=PaperFigures('Table 2', 15.47), odd_size=(289, 131)),
     # No published SE-VGG-16: the parameter count is the base plus `se_params` (tests).
     'se_vgg16_bn': spec(VGG, None, 'timm_vgg', paper=PaperFigures('Table 2', 15.48),
