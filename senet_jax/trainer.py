@@ -269,10 +269,12 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
     A float16 run resumes with the loss scale its checkpoint holds, or a fresh
     one where it holds none; other dtypes drop a saved scale."""
     replicated = sharding_lib.replicated(run.mesh)
+    # Only a float16 run reads a scale; another drops a saved one unread (and
+    # says nothing of a checkpoint that has none).
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(run.steps.init, run.init_rng).replace(
-            loss_scale=jax.eval_shape(initial_loss_scale)))
+            loss_scale=jax.eval_shape(initial_loss_scale) if run.dtype == 'float16' else None))
     allow = bool(run.config.get('allow_config_change', False))
     restored = ckpts.restore_latest(
         abstract, run.identity, MAY_BE_ABSENT,
