@@ -48,8 +48,9 @@ def _peak_flops(device):
     return None
 
 
-def jax_step(model_name, batch_size, image_size, mode, dtype):
-    """(step_fn, forward_flops_per_image, compile_seconds) on the first device.
+def jax_step(model_name, batch_size, image_size, mode, dtype, **overrides):
+    """(step_fn, forward_flops_per_image, compile_seconds) on the first device;
+    `overrides` go to `create_model`.
 
     'train' is the trainer's own step (`trainer.compile_steps`), called as
     train_and_evaluate calls it: a uint8 batch normalised on device, the state
@@ -57,7 +58,8 @@ def jax_step(model_name, batch_size, image_size, mode, dtype):
     kernels), the finite guard and the same jit options.
     """
     from senet_jax import sharding, trainer
-    model = create_model(model_name, dtype=None if dtype == 'float32' else precision.DTYPES[dtype])
+    model = create_model(model_name, dtype=None if dtype == 'float32' else precision.DTYPES[dtype],
+                         **overrides)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8)
     labels = rng.integers(0, 1000, batch_size).astype(np.int32)

@@ -144,3 +144,32 @@ def test_gate_study_starts_with_a_trainable_branch(gate):
     assert branch_grad(zero_init_last=False) > 0.0
     config = load('gate').get_config(f'{gate},local')
     assert config.model_overrides.zero_init_last is False
+
+
+ATTENTIONS = ['none', 'se', 'ese', 'eca', 'ge', 'ge4', 'gc', 'cbam']
+
+
+@pytest.mark.parametrize('value', [v if v in ('se', 'eca') else pytest.param(v, marks=pytest.mark.slow)
+                                   for v in ATTENTIONS])
+def test_attention_study_swaps_the_block_and_nothing_else(value):
+    """configs/ablations/attention.py: the paper's recipe (or the local one) with the block
+    named; the parameters are the plain network's plus that block's at every residual
+    unit's output, counted on the block alone."""
+    from senet_jax.attention import create_attention
+    module = load('attention')
+    paper, local = module.get_config(value), module.get_config(f'{value},local')
+    assert paper.model == 'se_resnet50' and paper.num_epochs == 100 and local.dataset == 'digits'
+    assert paper.model_overrides == local.model_overrides
+    assert paper.ablation.study == 'attention' and paper.ablation.value == value
+    attention = paper.model_overrides.attention
+    if value == 'se':
+        assert num_params(paper) == expected('stages', 'all', local=False)
+        return
+    for config, is_local in ((paper, False), (local, True)):
+        block = lambda c: sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+            lambda: create_attention(attention, train=True).init(
+                jax.random.key(0), jnp.zeros((1, 4, 4, c)))).get('params', {}))) if attention else 0
+        plain = expected('stages', 'none', local=is_local)
+        assert num_params(config) == plain + sum(block(c_out) for *_, c_out in blocks(is_local))
+    with pytest.raises(ValueError, match="unknown value 'cmab'"):
+        module.get_config('cmab')
