@@ -1,7 +1,7 @@
 """SE and its successors on ResNet-50, side by side: what each block adds.
 
     python scripts/attention_table.py [--image-size 112] [--batch-size 8] [--steps 3] [--rounds 3]
-        [--digits]
+        [--digits] [--values none,ge,ge4]
 
 For each value of configs/ablations/attention.py (none, se, ese, eca, ge, ge4, gc,
 cbam) on resnet50 (1000 classes): the parameters and multiply-adds (224 x 224,
@@ -56,8 +56,12 @@ def main():
     p.add_argument('--steps', type=int, default=3)
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--digits', action='store_true')
+    p.add_argument('--values', default='', help="comma-separated subset ('none' is always run)")
     args = p.parse_args()
     values = study_values()
+    if args.values:
+        keep = {'none', *args.values.split(',')}
+        values = {v: a for v, a in values.items() if v in keep}
     rows = {}
     for value, attention in values.items():
         params, gmacs = complexity('resnet50', 224, attention=attention)

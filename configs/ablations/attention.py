@@ -19,8 +19,9 @@ VALUES = {
     'se': lambda: {'attention': 'se'},
     'ese': lambda: {'attention': 'ese'},
     'eca': lambda: {'attention': 'eca'},
-    'ge': lambda: {'attention': 'ge'},
-    'ge4': lambda: {'attention': ('ge', {'extent': 4})},
+    # GE-θ−: no excitation MLP (timm's GatherExcite adds one by default)
+    'ge': lambda: {'attention': ('ge', {'use_mlp': False})},
+    'ge4': lambda: {'attention': ('ge', {'extent': 4, 'use_mlp': False})},
     'gc': lambda: {'attention': 'gc'},
     'cbam': lambda: {'attention': 'cbam'},
 }
