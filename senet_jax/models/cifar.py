@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, classify, conv_and_norm
+from senet_jax.layers import SqueezeExcite, classify, conv_and_norm, drop_path_rates, drop_path_scale
 from senet_jax.models.resnet import ResidualBlock
 from senet_jax.models.spec import CIFAR, spec
 from senet_jax.options import validate_fields, validate_subset
@@ -58,6 +58,7 @@ class PreActUnit(nn.Module):
     features: int
     stride: int = 1
     se: Optional[Any] = None      # a SqueezeExcite partial, or None
+    drop_path_rate: float = 0.0   # stochastic depth, as models.resnet.ResidualBlock
     kernels: str = 'auto'
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
@@ -72,6 +73,9 @@ class PreActUnit(nn.Module):
         y = conv(self.features, 3, name='conv2')(y)
         if self.se is not None:
             y = self.se(name='se')(y)
+        if train and self.drop_path_rate > 0:
+            keep = drop_path_scale(self.make_rng('dropout'), x.shape[0], self.drop_path_rate)
+            y = y * keep[:, None, None, None].astype(y.dtype)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
             shortcut = conv(self.features, 1, self.stride, name='downsample_conv')(pre)
@@ -101,6 +105,7 @@ class CifarResNet(nn.Module):
     se_bias: bool = True
     kernels: str = 'auto'                     # how layers compute (cpu_kernels), never what
     drop_rate: float = 0.0                    # before the classifier (the references have none)
+    drop_path_rate: float = 0.0               # stochastic depth of the last unit (models/resnet.py)
     zero_init_last: bool = True               # post-activation units: last BN scale starts at 0
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
@@ -128,9 +133,9 @@ class CifarResNet(nn.Module):
                                  gate=self.gate, divisor=self.se_divisor, use_bias=self.se_bias,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def _unit(self, planes: int, stride: int, se, name: str):
-        common = dict(stride=stride, se=se, kernels=self.kernels, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name=name)
+    def _unit(self, planes: int, stride: int, se, drop_path_rate: float, name: str):
+        common = dict(stride=stride, se=se, drop_path_rate=drop_path_rate, kernels=self.kernels,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         if self.block == 'preact':
             return PreActUnit(features=planes, **common)
         bottleneck = self.block == 'bottleneck'
@@ -147,10 +152,12 @@ class CifarResNet(nn.Module):
         if not preact:   # the pre-activation units normalise their own input
             x = nn.relu(norm(name='stem_bn')(x))
         features = {'stem': x}
+        unit_rates = iter(drop_path_rates(self.units, self.drop_path_rate))
         for i, (stage, depth, planes) in enumerate(zip(CIFAR_STAGES, self.units, self.channels)):
             for b in range(depth):   # named as models/resnet.py's blocks (analysis reads them)
                 stride = 2 if (b == 0 and i > 0) else 1
-                x = self._unit(planes, stride, self._se(stage), f'stage{stage}_block{b}')(x, train)
+                x = self._unit(planes, stride, self._se(stage), next(unit_rates),
+                               f'stage{stage}_block{b}')(x, train)
             features[f'stage{stage}'] = x
         if return_features:
             return features
