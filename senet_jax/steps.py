@@ -256,13 +256,18 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     (it halves), not a non-finite step; a non-finite loss still is.
     """
     rng = jax.random.fold_in(dropout_rng, state.step)
-    images = normalize_images(batch['image'], dtype, input_format)
     targets = soft_targets(batch['label'], num_classes, label_smoothing)
     mixed = mixing is not None and mixing.active
-    if mixed:   # drawn from the step's key, apart from dropout's: a resume draws the same
+    if mixed:
+        # Mixed in float32 (as timm mixes its float tensors), then cast to the compute
+        # dtype; drawn from the step's key, apart from dropout's: a resume draws the same.
+        images = normalize_images(batch['image'], jnp.float32, input_format)
         n, height, width = images.shape[:3]
         draw = mixing.draw(jax.random.fold_in(rng, 1), n, height, width)
         images, targets = mix(images, targets, draw)
+        images = images.astype(dtype)
+    else:
+        images = normalize_images(batch['image'], dtype, input_format)
     scaled = state.loss_scale is not None
 
     def loss_fn(params):
