@@ -273,6 +273,7 @@ def _program(model, x, **kw):
 
 
 @pytest.mark.parametrize('name', ['se_resnet_mini', 'se_resnet110_cifar', 'wrn16_8_cifar'])
+@pytest.mark.slow   # traced only, but six traces of a network take a second or two
 def test_drop_path_leaves_eval_and_rate_zero_unchanged(name):
     """Eval with drop path is the same program as without, with the same variables;
     training at rate 0 draws nothing (no 'dropout' rng needed) and is unchanged."""
