@@ -14,12 +14,13 @@ import shutil
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 import test_train_utils as tu
-from senet_jax import create_model, steps, trainer
+from senet_jax import SqueezeExcite, create_model, steps, trainer
 from senet_jax.errors import UserError
 from senet_jax.layers import drop_path_rates, drop_path_scale
 from senet_jax.mixing import Mixing, MixParams, cutmix_box, mix
@@ -98,7 +99,7 @@ def test_lamb_matches_numpy_and_timm():
 
 
 def test_optimizer_field_selects_lamb_and_sgd_keeps_its_state():
-    config = trainer.ml_collections.ConfigDict(dict(
+    config = ml_collections.ConfigDict(dict(
         optimizer='lamb', weight_decay=0.02, momentum=0.9, nesterov=False, lamb_b1=0.9,
         lamb_b2=0.999, lamb_eps=1e-6, lr_schedule='cosine'))
     params = _tree(TIMM['lamb']['init'])
@@ -154,7 +155,9 @@ def _timm_params(case, n, height, width):
             cy, cx = next(centres)
             box, lam = cutmix_box(jnp.float32(lam), cy, cx, height, width)
             box, lam = [int(v) for v in box], float(lam)
-        lams.append(lam), cutmix.append(use_cutmix), boxes.append(box)
+        lams.append(lam)
+        cutmix.append(use_cutmix)
+        boxes.append(box)
     if case['mode'] == 'batch':
         lams, cutmix, boxes = lams * n, cutmix * n, boxes * n
     elif case['mode'] == 'pair':
@@ -258,7 +261,7 @@ def test_drop_path_drops_or_scales_each_branch():
         factors.append(fits[0])
     assert set(factors) == {0.0, 2.0}
     # The same rng drops the same examples in the fused SE block as in the spelled-out one.
-    se = functools.partial(__import__('senet_jax').SqueezeExcite, reduction=4)
+    se = functools.partial(SqueezeExcite, reduction=4)
     fused = ResidualBlock(features=16, width=16, bottleneck=False, se=se, drop_path_rate=0.5,
                           zero_init_last=False, kernels='plain')
     a, _ = _block_apply(fused, jnp.asarray(x), seed=5)
