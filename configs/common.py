@@ -103,6 +103,33 @@ def base_config() -> ml_collections.ConfigDict:
     # schedule; docs/reliability.md lists what may change); True resumes anyway
     # and logs each changed field.
     c.allow_config_change = False
+
+    # Modern recipes (ResNet Strikes Back): optimizer, loss, mixing, drop path.
+    # 'sgd' (the paper's) | 'lamb': timm's Lamb as RSB ran it (Adam moments, weight
+    # decay and the layer-wise trust ratio on kernels only, global gradient norm
+    # clipped at 1), with the rate of lr_schedule and the decay of weight_decay.
+    c.optimizer = 'sgd'
+    c.lamb_b1 = 0.9
+    c.lamb_b2 = 0.999
+    c.lamb_eps = 1e-6
+    # 'softmax' (cross-entropy) | 'bce': timm's BinaryCrossEntropy, one sigmoid per
+    # class on the (smoothed, mixed) targets; bce_target_threshold (None = off)
+    # turns each target above it into 1 and the rest into 0 (RSB: 0.2).
+    c.loss = 'softmax'
+    c.bce_target_threshold = ml_collections.config_dict.placeholder(float)
+    # Mixup / CutMix on the device, as timm's Mixup: on when an alpha is > 0; a
+    # batch is mixed with probability mixup_prob, by CutMix with probability
+    # mixup_switch_prob when both alphas are set; 'batch' | 'pair' | 'elem' draws
+    # one lambda per batch, per pair or per image. label_smoothing goes into the
+    # mixed targets.
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
+    c.mixup_prob = 1.0
+    c.mixup_switch_prob = 0.5
+    c.mixup_mode = 'batch'
+    # Stochastic depth (residual family): the rate of the last block, rising
+    # linearly from 0 at the first (timm's drop_path_rate); None = the model's 0.
+    c.model_overrides.drop_path_rate = ml_collections.config_dict.placeholder(float)
     return c
 
 

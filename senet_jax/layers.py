@@ -426,3 +426,24 @@ def classify(x, num_classes: int, drop_rate: float, train: bool, dtype=None,
     x = nn.Dropout(drop_rate, deterministic=not train)(x)
     x = Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name='fc')(x)
     return x.astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------
+# Stochastic depth (Huang et al., "Deep Networks with Stochastic Depth", 2016), in
+# timm's form (timm.layers.drop_path, scale_by_keep=True).
+
+
+def drop_path_scale(rng, batch_size: int, rate: float, dtype=jnp.float32):
+    """Per example, the factor of its residual branch: 0 with probability `rate`,
+    else 1 / (1 - rate), so that the branch keeps its expected value."""
+    keep = 1.0 - rate
+    kept = jax.random.bernoulli(rng, keep, (batch_size,))
+    return (kept / keep).astype(dtype)
+
+
+def drop_path_rates(depths, rate: float) -> list:
+    """The rate of each residual block, numbered over the whole network: rising
+    linearly from 0 at the first block to `rate` at the last (timm's resnet.py,
+    `drop_path_rate * net_block_idx / (net_num_blocks - 1)`)."""
+    total = sum(depths)
+    return [rate * i / max(total - 1, 1) for i in range(total)]

@@ -59,6 +59,7 @@ _RULES: Dict[str, _Rule] = {
     'widths': _Rule(_per_stage, f'one width per stage ({len(STAGES)} entries)'),
     'num_classes': _Rule(lambda n: n >= 1, 'at least 1'),
     'drop_rate': _Rule(lambda p: 0 <= p < 1, 'in [0, 1)'),
+    'drop_path_rate': _Rule(lambda p: 0 <= p < 1, 'in [0, 1)'),
     'kernels': _one_of(KERNELS),
     'activation': _one_of(ACTIVATIONS),
 }

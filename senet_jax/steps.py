@@ -16,6 +16,7 @@ from flax.training import train_state
 from flax.training.dynamic_scale import DynamicScale
 
 from senet_jax.errors import UserError
+from senet_jax.mixing import Mixing, mix
 from senet_jax.models import IMAGENET, normalize_images
 
 
@@ -150,13 +151,40 @@ def weight_decay_mask(params):
         lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
 
 
+# timm's Lamb clips the global gradient norm at 1 by default; RSB kept it.
+LAMB_MAX_GRAD_NORM = 1.0
+
+
+def lamb(learning_rate_fn, weight_decay: float, b1: float, b2: float, eps: float):
+    """timm's Lamb (NVIDIA's NvLAMB form) as ResNet Strikes Back trained with it,
+    built from optax.lamb's own parts: the gradient clipped to a global norm of 1,
+    Adam's bias-corrected moments, weight decay added to that update, and the
+    layer-wise trust ratio ||w|| / ||update||, both on kernels only (timm skips
+    the ratio on the parameters it does not decay; optax.lamb adapts every leaf
+    and does not clip)."""
+    parts = [optax.clip_by_global_norm(LAMB_MAX_GRAD_NORM),
+             optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+    if weight_decay:   # timm: no decay, no trust ratio (always_adapt=False)
+        parts += [optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+                  optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask)]
+    return optax.chain(*parts, optax.scale_by_learning_rate(learning_rate_fn))
+
+
 def create_optimizer(config, learning_rate_fn):
-    """SGD with momentum and coupled weight decay (added to the gradient);
-    lr_schedule='plateau' multiplies the resulting update by the plateau scale,
-    which is the same as scaling the learning rate."""
-    parts = [optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
-             optax.sgd(learning_rate_fn, momentum=config.momentum,
-                       nesterov=config.nesterov)]
+    """optimizer='sgd': SGD with momentum and coupled weight decay (added to the
+    gradient); 'lamb': see `lamb`. lr_schedule='plateau' multiplies the
+    resulting update by the plateau scale, which is the same as scaling the
+    learning rate."""
+    optimizer = config.get('optimizer', 'sgd')
+    if optimizer == 'sgd':
+        parts = [optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+                 optax.sgd(learning_rate_fn, momentum=config.momentum,
+                           nesterov=config.nesterov)]
+    elif optimizer == 'lamb':
+        parts = [lamb(learning_rate_fn, config.weight_decay, config.lamb_b1,
+                      config.lamb_b2, config.lamb_eps)]
+    else:
+        raise UserError(f"optimizer must be 'sgd' or 'lamb', got {optimizer!r}")
     if config.get('lr_schedule') == 'plateau':
         parts.append(scale_by_plateau(config))
     return optax.chain(*parts)
@@ -175,11 +203,36 @@ def create_train_state(rng, config, model, tx, dtype='float32') -> TrainState:
 # Steps.
 
 
-def cross_entropy_loss(logits, labels, num_classes, label_smoothing=0.0):
+LOSSES = ('softmax', 'bce')
+
+
+def soft_targets(labels, num_classes, label_smoothing=0.0):
+    """One-hot targets, smoothed: 1 - s + s/K on the label, s/K elsewhere (as
+    optax's smooth_labels and timm's mixup_target)."""
     one_hot = jax.nn.one_hot(labels, num_classes)
     if label_smoothing:
         one_hot = optax.smooth_labels(one_hot, label_smoothing)
-    return optax.softmax_cross_entropy(logits, one_hot)
+    return one_hot
+
+
+def cross_entropy_loss(logits, labels, num_classes, label_smoothing=0.0):
+    return optax.softmax_cross_entropy(
+        logits, soft_targets(labels, num_classes, label_smoothing))
+
+
+def binary_cross_entropy_loss(logits, targets, target_threshold=None):
+    """Per example, timm's BinaryCrossEntropy on soft targets: one sigmoid per
+    class, averaged over the classes (so the batch mean is timm's reduction
+    'mean'); with `target_threshold`, targets above it count as 1, the rest 0."""
+    if target_threshold is not None:
+        targets = (targets > target_threshold).astype(logits.dtype)
+    return optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
+
+
+def loss_per_example(logits, targets, loss='softmax', target_threshold=None):
+    if loss == 'bce':
+        return binary_cross_entropy_loss(logits, targets, target_threshold)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 def _all_finite(tree):
@@ -188,8 +241,13 @@ def _all_finite(tree):
 
 
 def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
-               learning_rate_fn, dtype, input_format=IMAGENET):
-    """One SGD step on the global batch.
+               learning_rate_fn, dtype, input_format=IMAGENET, loss='softmax',
+               bce_target_threshold=None, mixing: Mixing | None = None):
+    """One optimizer step on the global batch.
+
+    The targets are the smoothed one-hot labels, mixed with the images by
+    `mixing` (Mixup / CutMix, when active) after normalisation; the loss is
+    `loss` ('softmax' cross-entropy or timm's 'bce') on them.
 
     A step whose loss or gradient is not finite leaves params, batch_stats and
     optimizer state unchanged (only the step counter advances, it is the data
@@ -198,7 +256,18 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     (it halves), not a non-finite step; a non-finite loss still is.
     """
     rng = jax.random.fold_in(dropout_rng, state.step)
-    images = normalize_images(batch['image'], dtype, input_format)
+    targets = soft_targets(batch['label'], num_classes, label_smoothing)
+    mixed = mixing is not None and mixing.active
+    if mixed:
+        # Mixed in float32 (as timm mixes its float tensors), then cast to the compute
+        # dtype; drawn from the step's key, apart from dropout's: a resume draws the same.
+        images = normalize_images(batch['image'], jnp.float32, input_format)
+        n, height, width = images.shape[:3]
+        draw = mixing.draw(jax.random.fold_in(rng, 1), n, height, width)
+        images, targets = mix(images, targets, draw)
+        images = images.astype(dtype)
+    else:
+        images = normalize_images(batch['image'], dtype, input_format)
     scaled = state.loss_scale is not None
 
     def loss_fn(params):
@@ -206,30 +275,32 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
             {'params': params, 'batch_stats': state.batch_stats}, images,
             train=True, mutable=['batch_stats'], rngs={'dropout': rng})
         logits = logits.astype(jnp.float32)
-        loss = cross_entropy_loss(logits, batch['label'], num_classes,
-                                  label_smoothing).mean()
-        return loss, (loss, new_model_state, logits)  # aux: the loss unscaled
+        value = loss_per_example(logits, targets, loss, bce_target_threshold).mean()
+        return value, (value, new_model_state, logits)  # aux: the loss unscaled
 
     # float16: the loss scale multiplies the loss and divides the gradient.
     value_and_grad = state.loss_scale.value_and_grad if scaled else jax.value_and_grad
     out = value_and_grad(loss_fn, has_aux=True)(state.params)
     if scaled:
-        loss_scale, grads_finite, (_, (loss, new_model_state, logits)), grads = out
+        loss_scale, grads_finite, (_, (loss_value, new_model_state, logits)), grads = out
     else:
-        (_, (loss, new_model_state, logits)), grads = out
+        (_, (loss_value, new_model_state, logits)), grads = out
         grads_finite = _all_finite(grads)
     updated = state.apply_gradients(
         grads=grads, batch_stats=new_model_state['batch_stats'])
-    apply = jnp.isfinite(loss) & grads_finite & _all_finite(updated.params)
+    apply = jnp.isfinite(loss_value) & grads_finite & _all_finite(updated.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
                              updated, state.replace(step=updated.step))
     finite = apply
     if scaled:
         new_state = new_state.replace(loss_scale=loss_scale)
-        finite = apply | (jnp.isfinite(loss) & ~grads_finite)
+        finite = apply | (jnp.isfinite(loss_value) & ~grads_finite)
+    # With mixed targets, the class with the largest share of the target counts
+    # as the label (its argmax), as timm's train loop would if it logged top-1.
+    labels = jnp.argmax(targets, -1) if mixed else batch['label']
     metrics = {
-        'loss': loss,
-        'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'loss': loss_value,
+        'top1': jnp.mean(jnp.argmax(logits, -1) == labels),
         'learning_rate': learning_rate_fn(state.step) * plateau_scale(state.opt_state),
         'finite': finite,
     }

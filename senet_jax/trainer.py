@@ -46,9 +46,11 @@ from senet_jax import sharding as sharding_lib
 from senet_jax import workdir as workdir_lib
 from senet_jax import xla_cpu
 from senet_jax.errors import Interrupted, NonFiniteLossError, Preempted, UserError
+from senet_jax.mixing import MODES as MIX_MODES
+from senet_jax.mixing import Mixing
 from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import IMAGENET, InputFormat, create_model, min_input_size, model_spec, set_overrides
-from senet_jax.steps import (TrainState, create_learning_rate_fn,  # noqa: F401
+from senet_jax.steps import (LOSSES, TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
                              eval_step, initial_loss_scale, observe_validation_loss,
                              train_step, weight_decay_mask, zero_eval_totals)
@@ -90,6 +92,47 @@ def validate_config(config: ml_collections.ConfigDict):
         if config[field] < 0:
             raise UserError(f'{field} must be >= 0 (0 = once per epoch), got '
                             f'{config[field]}')
+    validate_recipe(config)
+
+
+def validate_recipe(config):
+    """The modern-recipe fields (optimizer, loss, Mixup/CutMix, drop path); a
+    config without them (an older one) has the defaults, all off."""
+    optimizer = config.get('optimizer', 'sgd')
+    if optimizer not in ('sgd', 'lamb'):
+        raise UserError(f"optimizer must be 'sgd' or 'lamb', got {optimizer!r}")
+    if optimizer == 'lamb' and not (0 <= config.lamb_b1 < 1 and 0 <= config.lamb_b2 < 1
+                                    and config.lamb_eps > 0):
+        raise UserError(f'need 0 <= lamb_b1 < 1, 0 <= lamb_b2 < 1 and lamb_eps > 0, got '
+                        f'{config.lamb_b1}, {config.lamb_b2} and {config.lamb_eps}')
+    if config.get('loss', 'softmax') not in LOSSES:
+        raise UserError(f"loss must be 'softmax' or 'bce', got {config.loss!r}")
+    threshold = config.get('bce_target_threshold')
+    if threshold is not None and not 0 <= threshold < 1:
+        raise UserError(f'bce_target_threshold must be in [0, 1) (or None for off), got {threshold}')
+    mixing = mixing_from_config(config)
+    if mixing.mixup_alpha < 0 or mixing.cutmix_alpha < 0:
+        raise UserError(f'mixup_alpha and cutmix_alpha must be >= 0 (0 = off), got '
+                        f'{mixing.mixup_alpha} and {mixing.cutmix_alpha}')
+    for field, value in (('mixup_prob', mixing.prob), ('mixup_switch_prob', mixing.switch_prob)):
+        if not 0 <= value <= 1:
+            raise UserError(f'{field} must be in [0, 1], got {value}')
+    if mixing.mode not in MIX_MODES:
+        raise UserError(f"mixup_mode must be 'batch', 'pair' or 'elem', got {mixing.mode!r}")
+    if mixing.active and config.batch_size % 2:
+        raise UserError('Mixup and CutMix pair image i with image N-1-i of the batch (as timm), '
+                        f'so batch_size must be even, got {config.batch_size}')
+    rate = (config.get('model_overrides') or {}).get('drop_path_rate')
+    if rate is not None and not 0 <= rate < 1:
+        raise UserError(f'model_overrides.drop_path_rate must be in [0, 1), got {rate}')
+
+
+def mixing_from_config(config) -> Mixing:
+    return Mixing(mixup_alpha=config.get('mixup_alpha', 0.0),
+                  cutmix_alpha=config.get('cutmix_alpha', 0.0),
+                  prob=config.get('mixup_prob', 1.0),
+                  switch_prob=config.get('mixup_switch_prob', 0.5),
+                  mode=config.get('mixup_mode', 'batch'))
 
 
 def create_model_from_config(config, num_classes: int, dtype: str | None = None):
@@ -145,11 +188,14 @@ def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
     init = jax.jit(functools.partial(create_train_state, config=config, model=model,
                                      tx=tx, dtype=dtype),
                    out_shardings=replicated)
+    mixing = mixing_from_config(config)
     train = jax.jit(
         functools.partial(train_step, num_classes=num_classes,
                           label_smoothing=config.label_smoothing,
                           learning_rate_fn=learning_rate_fn, dtype=compute,
-                          input_format=input_format),
+                          input_format=input_format, loss=config.get('loss', 'softmax'),
+                          bce_target_threshold=config.get('bce_target_threshold'),
+                          mixing=mixing if mixing.active else None),
         in_shardings=(replicated, sharding_lib.data_sharding(mesh), replicated),
         out_shardings=(replicated, replicated), donate_argnums=0,
         compiler_options=xla_cpu.compiler_options())

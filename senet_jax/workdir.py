@@ -55,6 +55,15 @@ MAY_CHANGE = frozenset({
 # the rates of the steps already trained and goes on).
 LENGTH = frozenset({'num_epochs', 'num_train_steps'})
 _FIRST = ('model', 'num_classes', 'dataset')
+# Fields added to the config after workdirs were started, with the value that
+# computes what the code before them did: a checkpoint whose config lacks one
+# is compared as if it held that value, so an older run cannot be resumed with
+# the feature switched on unnoticed.
+ADDED_FIELDS = {
+    # ResNet Strikes Back: optimizer, loss, mixing, drop path (all off).
+    'optimizer': 'sgd', 'loss': 'softmax', 'bce_target_threshold': None,
+    'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'model_overrides.drop_path_rate': None,
+}
 _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 
 
@@ -473,8 +482,9 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, object, object
     `saved` and `current` are run identities (trainer.run_identity): the
     config under 'config', the data's class count under 'num_classes'.
     Checkpoints written before the config was recorded are compared on
-    checkpoint.IDENTITY_FIELDS. Fields only one side knows (a config of
-    another version of this code) are not compared.
+    checkpoint.IDENTITY_FIELDS. A field of ADDED_FIELDS that the saved
+    config lacks counts as its old value; other fields only one side knows
+    (a config of another version of this code) are not compared.
     """
     if 'config' not in saved or 'config' not in current:
         return [(k, saved[k], current.get(k)) for k in IDENTITY_FIELDS
@@ -484,6 +494,7 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, object, object
         changes.append(('num_classes', saved.get('num_classes'),
                         current.get('num_classes')))
     old, new = _flatten(saved['config']), _flatten(current['config'])
+    old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **old}
     may_change = MAY_CHANGE
     if 'cosine' not in (old.get('lr_schedule'), new.get('lr_schedule')):
         may_change = may_change | LENGTH

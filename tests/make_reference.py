@@ -17,6 +17,11 @@ same weights with numpy alone. The models of `reference_weights.REDUCED` are
 built with those arguments (one block per stage) for the keys and logits; their
 record keeps the full network's parameter count too.
 
+`python tests/make_reference.py recipes_batch` stores, in fixtures/recipes_batch.json,
+timm's results for the ResNet Strikes Back pieces of the trainer: three Lamb steps, the
+BinaryCrossEntropy loss, Mixup/CutMix with given lambdas and boxes, and resnet50's
+per-block drop-path rates.
+
 `python tests/make_reference.py attention` stores, in fixtures/attention.json, each
 attention block of `reference_weights.ATTENTION_CASES` against its timm module:
 seeded weights and input, the float64 output, and the gradient of <output, probe>
@@ -270,6 +275,127 @@ def make_attention_resnet50():
         json.dump(record, f, separators=(',', ':'))
 
 
+# `recipes_batch`: the ResNet Strikes Back pieces of the trainer against timm, in
+# fixtures/recipes_batch.json: Lamb's updates, BinaryCrossEntropy, Mixup/CutMix with
+# given lambdas and boxes, and resnet50's per-block drop-path rates.
+RECIPES_BATCH_SEED = 23
+
+
+def _lamb_case(rng):
+    """timm's Lamb, three steps on a kernel, a bias and a BN scale with given
+    gradients; weight decay on the kernel only (timm's param_groups_weight_decay)."""
+    from timm.optim import Lamb
+    shapes = {'conv/kernel': (3, 3, 2, 4), 'conv/bias': (4,), 'bn/scale': (4,)}
+    init = {k: rng.normal(size=v).astype(np.float32) for k, v in shapes.items()}
+    # The first two steps' gradients exceed the global norm of 1 that Lamb clips to.
+    grads = [{k: (scale * rng.normal(size=v)).astype(np.float32) for k, v in shapes.items()}
+             for scale in (1.0, 0.5, 0.01)]
+    params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in init.items()}
+    hyper = dict(lr=0.05, weight_decay=0.02, betas=(0.9, 0.999), eps=1e-6)
+    opt = Lamb([{'params': [params['conv/kernel']], 'weight_decay': hyper['weight_decay']},
+                {'params': [params['conv/bias'], params['bn/scale']], 'weight_decay': 0.0}],
+               lr=hyper['lr'], betas=hyper['betas'], eps=hyper['eps'])
+    after = []
+    for g in grads:
+        for k, p in params.items():
+            p.grad = torch.from_numpy(g[k])
+        opt.step()
+        after.append({k: p.detach().numpy().tolist() for k, p in params.items()})
+    return {**hyper, 'init': {k: v.tolist() for k, v in init.items()},
+            'grads': [{k: v.tolist() for k, v in g.items()} for g in grads], 'after': after}
+
+
+def _bce_cases(rng):
+    from timm.loss import BinaryCrossEntropy
+    logits = torch.from_numpy(rng.normal(size=(4, 5)) * 2)
+    labels = torch.tensor([0, 3, 4, 3])
+    dense = torch.from_numpy(rng.dirichlet(np.ones(5) * 0.3, size=4))
+    cases = []
+    for name, target, kw in (('labels', labels, dict(smoothing=0.0)),
+                             ('labels_smoothed', labels, dict(smoothing=0.1)),
+                             ('labels_threshold', labels, dict(smoothing=0.1, target_threshold=0.2)),
+                             ('dense', dense, dict(smoothing=0.1)),   # smoothing is upstream for dense
+                             ('dense_threshold', dense, dict(target_threshold=0.2))):
+        loss = BinaryCrossEntropy(**kw)(logits, target)
+        cases.append({'name': name, 'kwargs': kw, 'target': target.tolist(), 'loss': float(loss)})
+    return {'logits': logits.tolist(), 'cases': cases}
+
+
+def _mixup_cases(rng):
+    """timm's Mixup on a 4x3x5x5 batch with its random draws replaced by given ones:
+    `_params_per_batch` / `_params_per_elem` return the lambdas and methods, and the
+    CutMix box centres (rand_bbox's np.random.randint) come from a list, so the box
+    and its clipping are timm's own."""
+    from timm.data import mixup as timm_mixup
+    x = rng.normal(size=(4, 3, 5, 5)).astype(np.float32)
+    labels = np.array([1, 0, 4, 2])
+    cases = [  # mode, lambdas, CutMix or not, box centres (cy, cx) in the order drawn
+        ('batch', [0.7], [False], []),
+        ('batch', [0.6], [True], [(1, 4)]),          # clipped at the bottom-right border
+        ('batch', [0.75], [True], [(2, 2)]),
+        ('pair', [0.3, 0.55], [True, False], [(0, 0)]),
+        ('elem', [0.35, 1.0, 0.8, 0.5], [False, True, True, False], [(4, 1)]),
+    ]
+    out = []
+    for mode, lams, cutmix, centres in cases:
+        mixer = timm_mixup.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, mode=mode, label_smoothing=0.1,
+                                 num_classes=5)
+        if mode == 'batch':
+            mixer._params_per_batch = lambda: (lams[0], cutmix[0])
+        else:
+            mixer._params_per_elem = lambda n: (np.array(lams, np.float32), np.array(cutmix))
+        queue = [v for c in centres for v in c]
+        real_randint = timm_mixup.np.random.randint
+        timm_mixup.np.random.randint = lambda *a, **k: queue.pop(0)
+        try:
+            mixed, target = mixer(torch.from_numpy(x.copy()), torch.from_numpy(labels))
+        finally:
+            timm_mixup.np.random.randint = real_randint
+        assert not queue, queue
+        out.append({'mode': mode, 'lam': lams, 'cutmix': cutmix, 'centres': centres,
+                    'mixed': mixed.numpy().tolist(), 'target': target.numpy().tolist()})
+    return {'x': x.tolist(), 'labels': labels.tolist(), 'num_classes': 5, 'smoothing': 0.1,
+            'cases': out}
+
+
+def _cutmix_box_cases():
+    """timm's cutmix_bbox_and_lam (correct_lam=True) for given lambdas and centres."""
+    from timm.data import mixup as timm_mixup
+    out = []
+    for shape, lam, centre in (((7, 9), 0.3, (3, 4)), ((7, 9), 0.3, (0, 8)), ((16, 16), 0.9, (15, 0)),
+                               ((16, 16), 0.05, (8, 8)), ((5, 5), 0.99, (2, 2))):
+        queue = list(centre)
+        real_randint = timm_mixup.np.random.randint
+        timm_mixup.np.random.randint = lambda *a, **k: queue.pop(0)
+        try:
+            box, corrected = timm_mixup.cutmix_bbox_and_lam(shape, lam, correct_lam=True)
+        finally:
+            timm_mixup.np.random.randint = real_randint
+        out.append({'shape': list(shape), 'lam': lam, 'centre': list(centre),
+                    'box': [int(v) for v in box], 'corrected_lam': float(corrected)})
+    return out
+
+
+def _drop_path_rates(timm):
+    model = timm.create_model('resnet50', pretrained=False, drop_path_rate=0.05)
+    rates = []
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        rates += [float(b.drop_path.drop_prob) if b.drop_path is not None else 0.0 for b in stage]
+    return {'model': 'resnet50', 'drop_path_rate': 0.05, 'rates': rates}
+
+
+def make_recipes_batch():
+    timm = _import_timm()
+    rng = np.random.default_rng(RECIPES_BATCH_SEED)
+    record = {'source': f'timm {timm.__version__}', 'torch_version': torch.__version__,
+              'lamb': _lamb_case(rng), 'bce': _bce_cases(rng), 'mixup': _mixup_cases(rng),
+              'cutmix_box': _cutmix_box_cases(), 'drop_path': _drop_path_rates(timm)}
+    path = os.path.join(os.path.dirname(OUT), 'recipes_batch.json')
+    with open(path, 'w') as f:
+        json.dump(record, f, separators=(',', ':'))
+    print('wrote', path)
+
+
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
@@ -277,6 +403,9 @@ if __name__ == '__main__':
     if sys.argv[1:] == ['attention']:
         make_attention()
         make_attention_resnet50()
+        sys.exit()
+    if sys.argv[1:] == ['recipes_batch']:
+        make_recipes_batch()
         sys.exit()
     if not sys.argv[1:]:
         make_pth()

@@ -10,7 +10,7 @@ FLOORS = [
     {'errors', 'options', 'sharding'},
     {'layers'},
     {'cpu_kernels', 'attention'},
-    {'xla_cpu', 'models', 'data', 'checkpoint', 'precision'},
+    {'xla_cpu', 'models', 'data', 'checkpoint', 'precision', 'mixing'},
     {'steps', 'metrics_log', 'convert', 'nnx', 'workdir'},
     {'pretrained'},
     {'trainer'},

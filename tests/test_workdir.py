@@ -161,6 +161,18 @@ def test_allow_config_change_resumes_and_logs_the_change(caplog):
     assert 'was image_size=16, now image_size=24' in caplog.text
 
 
+def test_a_config_saved_before_a_field_existed_counts_its_old_value():
+    saved = _identity()
+    for key in ('optimizer', 'loss', 'bce_target_threshold', 'mixup_alpha', 'cutmix_alpha'):
+        del saved['config'][key]
+    del saved['config']['model_overrides']['drop_path_rate']
+    workdir_lib.check_resume(saved, _identity(), 'dir')   # the defaults: what it computed
+    assert workdir_lib.config_changes(saved, _identity(
+        mixup_alpha=0.2, optimizer='lamb', **{'model_overrides.drop_path_rate': 0.1})) == [
+        ('mixup_alpha', 0.0, 0.2), ('model_overrides.drop_path_rate', None, 0.1),
+        ('optimizer', 'sgd', 'lamb')]
+
+
 def test_checkpoints_without_a_config_are_checked_on_the_old_fields():
     saved = {k: v for k, v in _identity().items() if k != 'config'}
     workdir_lib.check_resume(saved, _identity(image_size=24), 'dir')  # not recorded then

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import classify, conv_and_norm
+from senet_jax.layers import classify, conv_and_norm, drop_path_rates, drop_path_scale
 from senet_jax.models.base import ZooModule
 from senet_jax.models.resnet import ResidualBlock
 from senet_jax.models.spec import CIFAR, spec
@@ -57,6 +57,7 @@ class PreActUnit(nn.Module):
     features: int
     stride: int = 1
     se: Optional[Any] = None      # a SqueezeExcite partial, or None
+    drop_path_rate: float = 0.0   # stochastic depth, as models.resnet.ResidualBlock
     kernels: str = 'auto'
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
@@ -71,6 +72,9 @@ class PreActUnit(nn.Module):
         y = conv(self.features, 3, name='conv2')(y)
         if self.se is not None:
             y = self.se(name='se')(y)
+        if train and self.drop_path_rate > 0:
+            keep = drop_path_scale(self.make_rng('dropout'), x.shape[0], self.drop_path_rate)
+            y = y * keep[:, None, None, None].astype(y.dtype)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
             shortcut = conv(self.features, 1, self.stride, name='downsample_conv')(pre)
@@ -94,6 +98,7 @@ class CifarResNet(ZooModule):
     # Squeeze-and-Excitation, in the paper's words (the block: ZooModule's `attention`);
     # se_stages numbers the stages 1..3. SE width floor(C / r), as the reference.
     se_stages: Sequence[int] = CIFAR_STAGES
+    drop_path_rate: float = 0.0               # stochastic depth of the last unit (models/resnet.py)
     zero_init_last: bool = True               # post-activation units: last BN scale starts at 0
     SE_STAGES = (CIFAR_STAGES, ' (the three CIFAR stages)')
 
@@ -111,9 +116,9 @@ class CifarResNet(ZooModule):
         """The total stride: every stage keeps at least a 1x1 map from this size up."""
         return 4
 
-    def _unit(self, planes: int, stride: int, se, name: str):
-        common = dict(stride=stride, se=se, kernels=self.kernels, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name=name)
+    def _unit(self, planes: int, stride: int, se, drop_path_rate: float, name: str):
+        common = dict(stride=stride, se=se, drop_path_rate=drop_path_rate, kernels=self.kernels,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         if self.block == 'preact':
             return PreActUnit(features=planes, **common)
         bottleneck = self.block == 'bottleneck'
@@ -130,11 +135,13 @@ class CifarResNet(ZooModule):
         if not preact:   # the pre-activation units normalise their own input
             x = nn.relu(norm(name='stem_bn')(x))
         features = {'stem': x}
+        unit_rates = iter(drop_path_rates(self.units, self.drop_path_rate))
         for i, (stage, depth, planes) in enumerate(zip(CIFAR_STAGES, self.units, self.channels)):
             se = self.attention_block(train) if stage in self.se_stages else None
             for b in range(depth):   # named as models/resnet.py's blocks (analysis reads them)
                 stride = 2 if (b == 0 and i > 0) else 1
-                x = self._unit(planes, stride, se, f'stage{stage}_block{b}')(x, train)
+                x = self._unit(planes, stride, se, next(unit_rates),
+                               f'stage{stage}_block{b}')(x, train)
             features[f'stage{stage}'] = x
         if return_features:
             return features

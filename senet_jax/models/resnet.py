@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
-from senet_jax.layers import SqueezeExcite, avg_pool_2x2, classify, conv_and_norm, max_pool_ceil
+from senet_jax.layers import (SqueezeExcite, avg_pool_2x2, classify, conv_and_norm, drop_path_rates,
+                              drop_path_scale, max_pool_ceil)
 from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import PaperFigures, spec
 from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
@@ -66,6 +67,9 @@ class ResidualBlock(nn.Module):
     # one elementwise pass (see _fused_se_output). False spells the steps out one
     # by one; the results agree to rounding.
     fuse_se: bool = True
+    # Stochastic depth: in training, each example's residual branch is dropped with this
+    # probability (and scaled by 1 / (1 - rate) where kept), by the 'dropout' rng.
+    drop_path_rate: float = 0.0
     kernels: str = 'auto'         # see ResNet
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
@@ -123,6 +127,13 @@ class ResidualBlock(nn.Module):
             if act_before_se:
                 y = nn.relu(y)
             y = se('standard')(y)
+
+        if train and self.drop_path_rate > 0:   # on the branch, after its SE, as timm
+            keep = drop_path_scale(self.make_rng('dropout'), x.shape[0], self.drop_path_rate)
+            if fused:
+                s = s * keep[:, None].astype(s.dtype)
+            else:
+                y = y * keep[:, None, None, None].astype(y.dtype)
 
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
@@ -186,6 +197,9 @@ class ResNet(ZooModule):
     se_stages: Sequence[int] = STAGES
     se_position: str = 'standard'
     fuse_se: bool = True   # see ResidualBlock; False keeps each step's output for capture_intermediates
+    # Stochastic depth (training only): the last block's rate, rising linearly from 0 at
+    # the first block over the whole network, as timm's drop_path_rate.
+    drop_path_rate: float = 0.0
     zero_init_last: bool = True
 
     def min_input_size(self) -> int:
@@ -221,6 +235,7 @@ class ResNet(ZooModule):
             x = avg_pool_2x2(x)
 
         expansion = 4 if self.bottleneck else 1
+        block_rates = iter(drop_path_rates(self.layers, self.drop_path_rate))
         for i, (stage, depth, planes) in enumerate(zip(STAGES, self.layers, self.widths)):
             se = self.attention_block(train) if stage in self.se_stages else None
             width = (planes * self.base_width // 64) * self.cardinality if self.bottleneck else planes
@@ -232,8 +247,8 @@ class ResNet(ZooModule):
                     act_before_se=self.act_before_se, downsample_kernel=self.downsample_kernel,
                     avg_down=self.avg_down, aa=self.aa, se=se, se_position=self.se_position,
                     zero_init_last=self.zero_init_last,
-                    fuse_se=self.fuse_se, kernels=self.kernels, dtype=self.dtype,
-                    param_dtype=self.param_dtype,
+                    fuse_se=self.fuse_se, drop_path_rate=next(block_rates),
+                    kernels=self.kernels, dtype=self.dtype, param_dtype=self.param_dtype,
                     name=f'stage{stage}_block{b}')(x, train)
             features[f'conv{stage}_x'] = x
         if return_features:
