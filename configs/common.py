@@ -103,6 +103,16 @@ def base_config() -> ml_collections.ConfigDict:
     # schedule; docs/reliability.md lists what may change); True resumes anyway
     # and logs each changed field.
     c.allow_config_change = False
+
+    # Modern recipes (ResNet Strikes Back): EMA and test-time resolution.
+    # ema_decay > 0: an exponential moving average of the parameters and the
+    # BatchNorm statistics, ema = decay * ema + (1 - decay) * weights after each
+    # applied step (timm's ModelEmaV2), evaluated beside the model (ema_eval_*)
+    # and checkpointed; 0 = off.
+    c.ema_decay = 0.0
+    # The side of the eval images (the test resolution); 0 = image_size. The
+    # eval crop is eval_crop_fraction of the short side, resized to this.
+    c.eval_image_size = 0
     return c
 
 
