@@ -72,6 +72,12 @@ def test_ema_after_k_steps_is_the_closed_form(tmp_path):
     # The EMA is not the model: three steps of decay 0.5 keep w_0 at 1/8.
     assert not np.allclose(jax.tree.leaves(got['params'])[0],
                            jax.tree.leaves(weights[-1]['params'])[0])
+    # A step that is not applied (non-finite) leaves the EMA as it was.
+    bad = state.replace(params=jax.tree.map(lambda x: x * np.float32('nan'), state.params))
+    after, metrics = run.steps.train(
+        bad, trainer.sharding_lib.shard_batch(next(batches), run.mesh), run.dropout_rng)
+    assert not bool(metrics['finite'])
+    np.testing.assert_equal(_host(after.ema), got)
 
 
 def _stop_at(monkeypatch, stop_step):
