@@ -130,6 +130,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Stochastic depth (residual family): the rate of the last block, rising
     # linearly from 0 at the first (timm's drop_path_rate); None = the model's 0.
     c.model_overrides.drop_path_rate = ml_collections.config_dict.placeholder(float)
+
+    # Modern recipes (ResNet Strikes Back): EMA and test-time resolution.
+    # ema_decay > 0: an exponential moving average of the parameters and the
+    # BatchNorm statistics, ema = decay * ema + (1 - decay) * weights after each
+    # applied step (timm's ModelEmaV2), evaluated beside the model (ema_eval_*)
+    # and checkpointed; 0 = off.
+    c.ema_decay = 0.0
+    # The side of the eval images (the test resolution); 0 = image_size. The
+    # eval crop is eval_crop_fraction of the short side, resized to this.
+    c.eval_image_size = 0
     return c
 
 

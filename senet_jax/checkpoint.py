@@ -316,9 +316,23 @@ class Checkpoints:
             target = target.replace(**{name: jax.tree.map(
                 lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                 saved[name]) for name in unused})
+        # A field the checkpoint lacks altogether (written before the field
+        # existed; a None field is saved as a key), None in `target` by now
+        # whether this run uses it or not, is left out of what Orbax reads,
+        # whose tree must match the checkpoint's, and put back as None.
+        lacked = [name for name in may_be_absent if name not in saved]
+        item = target
+        if lacked:
+            item = ocp.tree.serialize_tree(target, keep_empty_nodes=True)
+            for name in lacked:
+                item.pop(name)
         state = self._reader.restore(
             path, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target)))['state']
+                state=ocp.args.StandardRestore(item)))['state']
+        if lacked:
+            state = ocp.tree.deserialize_tree(
+                {**state, **{name: None for name in lacked}}, target,
+                keep_empty_nodes=True)
         return state.replace(**{name: None for name in unused}) if unused else state
 
     def _corrupt_dir(self) -> epath.Path:

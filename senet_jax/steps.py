@@ -27,6 +27,12 @@ class TrainState(train_state.TrainState):
     # in the Flax ImageNet example; a checkpoint without one (older, or of a
     # run in another dtype) resumes with a fresh scale.
     loss_scale: DynamicScale | None = None
+    # ema_decay > 0 only: the exponential moving average of the weights,
+    # {'params': ..., 'batch_stats': ...} (timm's ModelEmaV2: over the
+    # parameters and the BatchNorm statistics), updated after each applied
+    # step. None otherwise, so a run without EMA keeps the state tree (and the
+    # checkpoints) it had before.
+    ema: Any = None
 
 
 def initial_loss_scale() -> DynamicScale:
@@ -190,13 +196,41 @@ def create_optimizer(config, learning_rate_fn):
     return optax.chain(*parts)
 
 
+def ema_decay_of(config) -> float:
+    """config.ema_decay, checked: 0 (off) or in (0, 1)."""
+    decay = config.get('ema_decay', 0.0) or 0.0
+    if not 0 <= decay < 1:
+        raise UserError(f'ema_decay must be in [0, 1) (0 = no EMA), got {decay}')
+    return decay
+
+
+def start_ema(state: TrainState) -> TrainState:
+    """`state` with its EMA set to (a copy of) its weights: the EMA's start,
+    as timm's ModelEmaV2 starts as a copy of the model."""
+    return state.replace(ema=jax.tree.map(
+        jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats}))
+
+
 def create_train_state(rng, config, model, tx, dtype='float32') -> TrainState:
     x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = model.init({'params': rng}, x, train=False)
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'], tx=tx,
         loss_scale=initial_loss_scale() if dtype == 'float16' else None)
+    return start_ema(state) if ema_decay_of(config) else state
+
+
+def update_ema(ema, params, batch_stats, decay):
+    """timm's ModelEmaV2 step: ema = decay * ema + (1 - decay) * value."""
+    return optax.incremental_update({'params': params, 'batch_stats': batch_stats},
+                                    ema, step_size=1.0 - decay)
+
+
+def ema_view(state: TrainState) -> TrainState:
+    """`state` with the EMA's weights in place of the model's (to evaluate them)."""
+    return state.replace(params=state.ema['params'],
+                         batch_stats=state.ema['batch_stats'])
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +276,8 @@ def _all_finite(tree):
 
 def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
                learning_rate_fn, dtype, input_format=IMAGENET, loss='softmax',
-               bce_target_threshold=None, mixing: Mixing | None = None):
+               bce_target_threshold=None, mixing: Mixing | None = None,
+               ema_decay=0.0):
     """One optimizer step on the global batch.
 
     The targets are the smoothed one-hot labels, mixed with the images by
@@ -253,7 +288,8 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
     optimizer state unchanged (only the step counter advances, it is the data
     position); metrics['finite'] tells the host, which stops or counts it.
     Under float16 loss scaling an overflowing gradient is the scale's business
-    (it halves), not a non-finite step; a non-finite loss still is.
+    (it halves), not a non-finite step; a non-finite loss still is. The EMA
+    (state.ema, when there is one) moves only on applied steps.
     """
     rng = jax.random.fold_in(dropout_rng, state.step)
     targets = soft_targets(batch['label'], num_classes, label_smoothing)
@@ -288,6 +324,9 @@ def train_step(state, batch, dropout_rng, *, num_classes, label_smoothing,
         grads_finite = _all_finite(grads)
     updated = state.apply_gradients(
         grads=grads, batch_stats=new_model_state['batch_stats'])
+    if state.ema is not None:
+        updated = updated.replace(ema=update_ema(
+            state.ema, updated.params, updated.batch_stats, ema_decay))
     apply = jnp.isfinite(loss_value) & grads_finite & _all_finite(updated.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
                              updated, state.replace(step=updated.step))

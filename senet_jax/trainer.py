@@ -52,8 +52,9 @@ from senet_jax.metrics_log import MetricsLog  # metrics.jsonl + TensorBoard
 from senet_jax.models import IMAGENET, InputFormat, create_model, min_input_size, model_spec, set_overrides
 from senet_jax.steps import (LOSSES, TrainState, create_learning_rate_fn,  # noqa: F401
                              create_optimizer, create_train_state, cross_entropy_loss,
-                             eval_step, initial_loss_scale, observe_validation_loss,
-                             train_step, weight_decay_mask, zero_eval_totals)
+                             ema_decay_of, ema_view, eval_step, initial_loss_scale,
+                             observe_validation_loss, start_ema, train_step,
+                             weight_decay_mask, zero_eval_totals)
 
 
 # ---------------------------------------------------------------------------
@@ -87,6 +88,10 @@ def validate_config(config: ml_collections.ConfigDict):
     if config.keep_checkpoints < 1:
         raise UserError('keep_checkpoints must be at least 1 (resuming needs a '
                         f'checkpoint), got {config.keep_checkpoints}')
+    ema_decay_of(config)
+    if config.get('eval_image_size', 0) < 0:
+        raise UserError('eval_image_size must be >= 0 (0 = image_size), got '
+                        f'{config.eval_image_size}')
     for field in ('log_every_steps', 'checkpoint_every_steps',
                   'eval_every_steps'):
         if config[field] < 0:
@@ -149,9 +154,11 @@ def create_model_from_config(config, num_classes: int, dtype: str | None = None)
     except ValueError as e:
         raise UserError(str(e)) from None
     smallest = min_input_size(model)
-    if config.image_size < smallest:
-        raise UserError(f'image_size {config.image_size} is too small for '
-                        f'{config.model}; it needs at least {smallest}')
+    for field, size in (('image_size', config.image_size),
+                        ('eval_image_size', data_lib.eval_image_size(config))):
+        if size < smallest:
+            raise UserError(f'{field} {size} is too small for '
+                            f'{config.model}; it needs at least {smallest}')
     return model
 
 
@@ -195,7 +202,8 @@ def compile_steps(config, model, tx, mesh, *, num_classes, learning_rate_fn,
                           learning_rate_fn=learning_rate_fn, dtype=compute,
                           input_format=input_format, loss=config.get('loss', 'softmax'),
                           bce_target_threshold=config.get('bce_target_threshold'),
-                          mixing=mixing if mixing.active else None),
+                          mixing=mixing if mixing.active else None,
+                          ema_decay=ema_decay_of(config)),
         in_shardings=(replicated, sharding_lib.data_sharding(mesh), replicated),
         out_shardings=(replicated, replicated), donate_argnums=0,
         compiler_options=xla_cpu.compiler_options())
@@ -297,23 +305,31 @@ def fresh_state(run: Run) -> TrainState:
         state = load_init_from(run.config, jax.device_get(state), num_classes)
         state = sharding_lib.replicate(state, run.mesh)
         logging.info('initialised from %s', run.config.init_from)
+        if state.ema is not None:   # the EMA starts from the loaded weights
+            state = start_ema(state)
     return state
 
 
 # TrainState fields that checkpoints of an older version may lack: such a
 # checkpoint restores with them None, for restore_or_init to fill (loss_scale:
-# a fresh scale under float16), where any other change of the state's
-# structure stops the run (checkpoint.structure_difference). A field the
-# checkpoint holds but this run does not use (a float16 scale resumed in
-# float32) is read and dropped.
-MAY_BE_ABSENT = ('loss_scale',)
+# a fresh scale under float16; ema: the restored weights, see below), where
+# any other change of the state's structure stops the run
+# (checkpoint.structure_difference). A field the checkpoint holds but this run
+# does not use (a float16 scale resumed in float32, an EMA resumed with
+# ema_decay=0) is read and dropped.
+MAY_BE_ABSENT = ('loss_scale', 'ema')
 
 
 def restore_or_init(run: Run, ckpts) -> TrainState:
     """The newest readable checkpoint's state, or a fresh one if there is none.
 
     A float16 run resumes with the loss scale its checkpoint holds, or a fresh
-    one where it holds none; other dtypes drop a saved scale."""
+    one where it holds none; other dtypes drop a saved scale. An EMA run
+    resumes its EMA; from a checkpoint without one (written with ema_decay=0
+    or by an older version) the EMA starts from the restored weights, as
+    timm's train.py starts ModelEmaV2 from the resumed model when the
+    checkpoint holds no EMA: the model's own training is unchanged, so
+    there is nothing to refuse."""
     replicated = sharding_lib.replicated(run.mesh)
     # Only a float16 run reads a scale; another drops a saved one unread (and
     # says nothing of a checkpoint that has none).
@@ -336,6 +352,11 @@ def restore_or_init(run: Run, ckpts) -> TrainState:
     elif state.loss_scale is None:
         state = state.replace(
             loss_scale=sharding_lib.replicate(initial_loss_scale(), run.mesh))
+    if ema_decay_of(run.config) and state.ema is None:
+        logging.info('checkpoint %d holds no EMA of the weights; the EMA '
+                     '(ema_decay=%g) starts from its weights', step,
+                     ema_decay_of(run.config))
+        state = start_ema(state)
     return state
 
 
@@ -373,10 +394,19 @@ def evaluate_only(run: Run) -> dict:
 
 
 def evaluate_and_log(run: Run, state, metrics_log, step: int) -> dict:
-    metrics = evaluate(run.steps.eval, state, run.pipeline, run.mesh,
-                       run.config.get('max_eval_batches', 0))
+    """The model's eval metrics and, with an EMA, the EMA's as `ema_eval_*`
+    (the best checkpoint and the plateau rule go by the model's)."""
+    max_batches = run.config.get('max_eval_batches', 0)
+    metrics = evaluate(run.steps.eval, state, run.pipeline, run.mesh, max_batches)
     logging.info('eval at step %d: loss %.4f  top1 %.4f  top5 %.4f', step,
                  metrics['eval_loss'], metrics['eval_top1'], metrics['eval_top5'])
+    if state.ema is not None:
+        ema = evaluate(run.steps.eval, ema_view(state), run.pipeline, run.mesh,
+                       max_batches)
+        logging.info('eval of the EMA at step %d: loss %.4f  top1 %.4f  top5 %.4f',
+                     step, ema['eval_loss'], ema['eval_top1'], ema['eval_top5'])
+        metrics.update({f'ema_{k}': v for k, v in ema.items()
+                        if k != 'eval_examples'})
     metrics_log.write(step, metrics)
     return metrics
 

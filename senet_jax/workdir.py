@@ -63,6 +63,9 @@ ADDED_FIELDS = {
     # ResNet Strikes Back: optimizer, loss, mixing, drop path (all off).
     'optimizer': 'sgd', 'loss': 'softmax', 'bce_target_threshold': None,
     'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'model_overrides.drop_path_rate': None,
+    # The test resolution (0: image_size). Not ema_decay: an older run resumed with an
+    # EMA starts it from its weights (trainer.restore_or_init), as timm does.
+    'eval_image_size': 0,
 }
 _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 

@@ -101,7 +101,7 @@ def test_unknown_recipe(monkeypatch):
 # ---------------------------------------------------------------------------
 # The paper's other tables: configs/table2.py, table3.py, cifar.py, places365.py.
 
-from configs import cifar, places365, table2, table3  # noqa: E402
+from configs import cifar, places365, rsb, table2, table3  # noqa: E402
 
 TABLE3 = dict(batch_size=256, base_batch_size=256, learning_rate=0.1, lr_schedule='plateau',
               plateau_patience=10, plateau_factor=0.1, plateau_cooldown=0,
@@ -156,7 +156,10 @@ def test_places365_is_the_imagenet_recipe(model, monkeypatch):
     ('configs/table2.py:local', 'give one model'),
     ('configs/table3.py:mobilenet_v1,se_mobilenet_v1', 'give one model'),
     ('configs/cifar.py:se_resnet110_cifar,cifar1000', "unknown dataset 'cifar1000'"),
-    ('configs/places365.py:se_resnet50', "unknown model 'se_resnet50'")])
+    ('configs/places365.py:se_resnet50', "unknown model 'se_resnet50'"),
+    ('configs/rsb.py:a4', "unknown procedure 'a4'"),
+    ('configs/rsb.py', 'give a procedure of a1, a2, a3'),
+    ('configs/rsb.py:a1,se_resnt50', "Unknown model 'se_resnt50'. Did you mean 'se_resnet50'")])
 def test_bad_table_arguments(arg, message, monkeypatch):
     with pytest.raises(flags.IllegalFlagValueError, match=message):
         load(arg, monkeypatch)
@@ -166,7 +169,8 @@ LOCAL_RUNS = ([f'configs/table2.py:{m},local' for m in table2.MODELS]
               + [f'configs/table3.py:{m},local' for m in table3.MODELS]
               + [f'configs/cifar.py:{m},{d},local' for m in cifar.MODELS
                  for d in ('cifar10', 'cifar100')]
-              + [f'configs/places365.py:{m},local' for m in places365.MODELS])
+              + [f'configs/places365.py:{m},local' for m in places365.MODELS]
+              + [f'configs/rsb.py:{p},local' for p in rsb.PROCEDURES])
 
 
 @pytest.mark.parametrize('arg', LOCAL_RUNS)
@@ -175,6 +179,8 @@ def test_local_variant_fields(arg, monkeypatch):
     config = load(arg, monkeypatch)
     full = load(arg.replace(',local', ''), monkeypatch)
     size = 75 if 'inception_resnet_v2' in arg else 32
+    if '/rsb.py:' in arg:   # the procedure's train/test ratio: A3's 160 -> 224
+        assert config.eval_image_size == (45 if ':a3' in arg else 32)
     num_classes = (365 if 'places365' in arg else 100 if 'cifar100' in arg
                    else 10 if 'cifar10' in arg else 1000)
     assert_fields(config, dict(LOCAL, model=full.model, image_size=size,
@@ -205,16 +211,18 @@ def _train_locally(config, workdir):
 # test_local_variant_fields checks; CIFAR-100 differs from CIFAR-10 in the head.
 SHALLOW = {'se_inception_resnet_v2': {'repeats': (1, 1, 1)},
            'se_resnet164_cifar': {'units': (1, 1, 1)},
-           'se_resnet152': {'layers': (1, 1, 1, 1)}}
+           'se_resnet152': {'layers': (1, 1, 1, 1)},
+           'se_resnet50': {'layers': (1, 1, 1, 1)}}
 TRAINED_LOCALLY = ['configs/table2.py:se_inception_resnet_v2,local',
                    'configs/table3.py:se_mobilenet_v1,local',
                    'configs/cifar.py:se_resnet164_cifar,cifar100,local',
-                   'configs/places365.py:se_resnet152,local']
+                   'configs/places365.py:se_resnet152,local',
+                   'configs/rsb.py:a3,local']
 
 
 def test_every_table_config_trains_locally():
     assert set(TRAINED_LOCALLY) <= set(LOCAL_RUNS)
-    for config in ('table2', 'table3', 'cifar', 'places365'):
+    for config in ('table2', 'table3', 'cifar', 'places365', 'rsb'):
         assert any(f'/{config}.py:' in arg for arg in TRAINED_LOCALLY), config
 
 
@@ -258,3 +266,35 @@ def test_places365_config_reads_places365_small(monkeypatch):
         assert pipeline.num_classes == 365
         assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.uint8
         assert len(list(pipeline.eval_batches())) == 2
+
+
+# ---------------------------------------------------------------------------
+# ResNet Strikes Back: configs/rsb.py, Table 1 of arXiv 2110.00476.
+
+RSB = dict(dataset='imagenet2012', batch_size=2048, base_batch_size=2048, optimizer='lamb',
+           lr_schedule='cosine', warmup_epochs=5.0, loss='bce', bce_target_threshold=0.2,
+           cutmix_alpha=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch',
+           eval_image_size=224, eval_crop_fraction=0.95, eval_interpolation='bicubic',
+           ema_decay=0.0)
+RSB_TABLE = {   # A1 / A2 / A3 columns of Table 1
+    'a1': dict(num_epochs=600.0, learning_rate=5e-3, weight_decay=0.01, label_smoothing=0.1,
+               mixup_alpha=0.2, randaugment='rand-m7-mstd0.5-inc1', repeated_augmentation=3,
+               image_size=224),
+    'a2': dict(num_epochs=300.0, learning_rate=5e-3, weight_decay=0.02, label_smoothing=0.0,
+               mixup_alpha=0.1, randaugment='rand-m7-mstd0.5-inc1', repeated_augmentation=3,
+               image_size=224),
+    'a3': dict(num_epochs=100.0, learning_rate=8e-3, weight_decay=0.02, label_smoothing=0.0,
+               mixup_alpha=0.1, randaugment='rand-m6-mstd0.5-inc1', repeated_augmentation=0,
+               image_size=160),
+}
+RSB_DROP_PATH = {'a1': 0.05, 'a2': 0.05, 'a3': None}
+
+
+@pytest.mark.parametrize('procedure', rsb.PROCEDURES)
+def test_rsb_procedures_are_table_1(procedure, monkeypatch):
+    config = load(f'configs/rsb.py:{procedure}', monkeypatch)
+    assert_fields(config, dict(RSB, model='se_resnet50', **RSB_TABLE[procedure]))
+    assert config.model_overrides.get('drop_path_rate') == RSB_DROP_PATH[procedure]
+    other = load(f'configs/rsb.py:{procedure},resnet50', monkeypatch)
+    assert other.model == 'resnet50'
+    assert_fields(other, dict(RSB, **RSB_TABLE[procedure]))

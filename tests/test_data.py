@@ -117,6 +117,35 @@ def test_fake_pipeline():
     assert sum(x['mask'].sum() for x in p.eval_batches()) == p.num_eval_examples
 
 
+def test_eval_images_at_eval_image_size():
+    """eval_image_size (the test resolution) sizes the eval images only; 0 keeps
+    them at image_size, the fake pool unchanged."""
+    cfg = _config(dataset='fake', batch_size=8, image_size=16, num_classes=7)
+    same = data.create_input_pipeline(cfg)
+    assert next(same.eval_batches())['image'].shape == (8, 16, 16, 3)
+    for dataset in ('fake', 'digits'):
+        cfg.update(dataset=dataset, eval_image_size=24)
+        p = data.create_input_pipeline(cfg)
+        assert next(p.train_batches(0))['image'].shape == (8, 16, 16, 3)
+        assert next(p.eval_batches())['image'].shape == (8, 24, 24, 3)
+        if dataset == 'fake':   # its training images are those of before
+            np.testing.assert_array_equal(next(p.train_batches(3))['image'],
+                                          next(same.train_batches(3))['image'])
+
+
+def test_eval_crop_follows_eval_crop_fraction():
+    """The eval image is the central eval_crop_fraction of the short side, at
+    the eval size: a 40x60 PNG, fraction 0.5, size 20 is its central 20x20."""
+    import io
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, 'PNG')
+    crop = data.preprocess_eval(buf.getvalue(), 20, crop_fraction=0.5).numpy()
+    np.testing.assert_array_equal(crop, pixels[10:30, 20:40])
+    assert data.preprocess_eval(buf.getvalue(), 28, crop_fraction=0.5).numpy().shape == (
+        28, 28, 3)
+
+
 # ---------------------------------------------------------------------------
 # imagefolder
 
@@ -240,6 +269,22 @@ def test_imagenet2012_through_mock_data():
         ev = list(p.eval_batches())
         assert len(ev) == p.num_eval_batches == 3  # 10 examples, batches of 4
         assert sum(b['mask'].sum() for b in ev) == 10
+
+
+@pytest.mark.slow
+def test_tfds_eval_at_eval_image_size():
+    """A tfds source (mock imagenet2012) trains at image_size and evaluates at
+    eval_image_size, padded batches too."""
+    import tensorflow_datasets as tfds
+    cfg = _config(dataset='imagenet2012', batch_size=4, image_size=16,
+                  eval_image_size=24, data_dir='/nonexistent')
+    with tfds.testing.mock_data(num_examples=6), mock.patch.object(
+            tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+        p = data.create_input_pipeline(cfg)
+        assert next(p.train_batches(0))['image'].shape == (4, 16, 16, 3)
+        ev = list(p.eval_batches())
+        assert [b['image'].shape for b in ev] == [(4, 24, 24, 3)] * 2
+        assert sum(b['mask'].sum() for b in ev) == 6
 
 
 def test_unprepared_tfds_dataset_fails_fast(tmp_path, monkeypatch):

@@ -112,6 +112,31 @@ def test_a_field_older_checkpoints_lack_is_migrated(saved):
     assert float(state.params['w'][0, 0]) == 2 and _corrupt(saved) == []
 
 
+@flax.struct.dataclass
+class OlderState:
+    """State as a version before `ema` wrote it: no such key at all (a field
+    that is None is still saved as a key)."""
+    params: dict
+    step: jax.Array
+    opt_state: tuple = ()
+
+
+def test_a_field_a_version_before_it_never_wrote_is_migrated(tmp_path):
+    ckpts = checkpoint_lib.Checkpoints(str(tmp_path), async_save=False)
+    old = _state(3)
+    ckpts.save(3, OlderState(params=old.params, step=old.step, opt_state=old.opt_state),
+               META)
+    state, step = ckpts.restore_latest(_abstract(_state(0, ema=True)), META,
+                                       may_be_absent=('ema',))
+    assert step == 3 and state.ema is None and isinstance(state, State)
+    assert float(state.params['w'][0, 0]) == 3 and int(state.step) == 3
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(old.opt_state)
+    # And by a run that does not use the field either (its state has it None).
+    state, step = ckpts.restore_latest(_abstract(_state(0)), META, may_be_absent=('ema',))
+    assert step == 3 and state.ema is None and float(state.params['w'][0, 0]) == 3
+    ckpts.close()
+
+
 def test_a_field_this_run_does_not_use_is_read_and_dropped(tmp_path):
     """The other side of the hook: the checkpoint holds a field (a float16
     loss scale, say) that this run's state has as None."""

@@ -93,7 +93,8 @@ def last_eval(workdir):
 
 
 def load_params(workdir, step=None):
-    """{'params': ..., 'batch_stats': ...} of a checkpoint, as numpy."""
+    """{'params': ..., 'batch_stats': ..., 'step': ..., 'ema': ... (None without
+    one)} of a checkpoint, as numpy."""
     import jax
     import orbax.checkpoint as ocp
     step = step if step is not None else checkpoint_steps(workdir)[-1]
@@ -104,7 +105,7 @@ def load_params(workdir, step=None):
         tree = ckptr.restore(path, restore_args=jax.tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta))
     return {'params': tree['params'], 'batch_stats': tree['batch_stats'],
-            'step': int(np.asarray(tree['step']))}
+            'step': int(np.asarray(tree['step'])), 'ema': tree.get('ema')}
 
 
 def assert_trees_close(a, b, atol=1e-5):

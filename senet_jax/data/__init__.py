@@ -25,7 +25,7 @@ and only when a config names them.
 
 import importlib
 
-from senet_jax.data.base import InputPipeline, Source
+from senet_jax.data.base import InputPipeline, Source, eval_image_size  # noqa: F401
 from senet_jax.data.indexing import Shard, epoch_permutation  # noqa: F401  (re-exported)
 from senet_jax.errors import UserError
 

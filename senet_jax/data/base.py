@@ -5,6 +5,13 @@ import dataclasses
 from typing import Callable, Iterator
 
 
+def eval_image_size(config) -> int:
+    """The side of the eval images: config.eval_image_size, 0 = image_size (a
+    recipe may test at another resolution than it trains at, e.g. ResNet
+    Strikes Back's A3: train 160, test 224)."""
+    return config.get('eval_image_size', 0) or config.image_size
+
+
 class Source(abc.ABC):
     """A dataset seen by one process: its sizes and its two streams.
 

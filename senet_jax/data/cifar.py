@@ -44,6 +44,9 @@ class CifarSource(TfdsSource):
             raise UserError(f"preprocess='cifar' keeps {config.dataset}'s "
                             f'{shape[0]}x{shape[1]} images as they are; set '
                             f'image_size={shape[0]} (got {self.image_size})')
+        if self.eval_image_size != self.image_size:
+            raise UserError(f"preprocess='cifar' evaluates the images as they are; "
+                            f'leave eval_image_size at 0 (got {self.eval_image_size})')
         self.decoders = None  # tfds decodes the small images itself
 
     def train_image(self, data, seed):

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from senet_jax.data import indexing
-from senet_jax.data.base import Source
+from senet_jax.data.base import Source, eval_image_size
 from senet_jax.errors import UserError
 
 
@@ -78,6 +78,8 @@ class DigitsSource(Source):
     def __init__(self, config, shard: indexing.Shard):
         self.train_x, self.train_y, self.test_x, self.test_y = load_digits_split(
             config.image_size)
+        if eval_image_size(config) != config.image_size:   # the 8x8 digits resized again
+            _, _, self.test_x, _ = load_digits_split(eval_image_size(config))
         self.num_train_examples = len(self.train_y)
         self.num_eval_examples = len(self.test_y)
         shard.steps_per_epoch(self.num_train_examples, 'digits')

@@ -3,7 +3,7 @@
 import numpy as np
 
 from senet_jax.data import indexing
-from senet_jax.data.base import Source
+from senet_jax.data.base import Source, eval_image_size
 
 # A small pool of distinct batches, cycled: generating fresh random images
 # every step would measure numpy, not the model.
@@ -22,6 +22,9 @@ class FakeSource(Source):
         rng = np.random.default_rng([config.seed, shard.process_index])
         self.images = rng.integers(0, 256, size=(_POOL, shard.local_batch, s, s, 3),
                                    dtype=np.uint8)
+        e = eval_image_size(config)   # eval_image_size: eval images of their own
+        self.eval_images = self.images if e == s else rng.integers(
+            0, 256, size=(_POOL, shard.local_batch, e, e, 3), dtype=np.uint8)
 
     def _labels(self, step, stream):
         rng = np.random.default_rng([self.seed, step, stream])
@@ -38,5 +41,5 @@ class FakeSource(Source):
     def eval_batches(self):
         for b, (_, mask) in enumerate(indexing.eval_index_batches(
                 self.num_eval_examples, self.shard)):
-            yield {'image': self.images[b % _POOL],
+            yield {'image': self.eval_images[b % _POOL],
                    'label': self._labels(b, stream=3), 'mask': mask}

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from senet_jax.data import indexing, preprocess
-from senet_jax.data.base import Source
+from senet_jax.data.base import Source, eval_image_size
 from senet_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -151,6 +151,7 @@ class ImageFolderSource(Source):
         self.shard, self.seed, self.image_size = shard, config.seed, config.image_size
         self.min_area = config.get('min_crop_area', 0.08)
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
+        self.eval_image_size = eval_image_size(config)
         self.interpolation = config.get('eval_interpolation', '')
 
     def _epoch_indices(self, epoch, offset):
@@ -188,7 +189,8 @@ class ImageFolderSource(Source):
         ds = tf.data.Dataset.from_tensor_slices(self.eval_paths[idx])
         ds = preprocess.tpu_host_options(ds)
         ds = ds.map(lambda p: preprocess.preprocess_eval(
-            tf.io.read_file(p), self.image_size, self.crop_fraction, self.interpolation),
+            tf.io.read_file(p), self.eval_image_size, self.crop_fraction,
+            self.interpolation),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(len(idx))
 

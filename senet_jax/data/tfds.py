@@ -26,7 +26,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from senet_jax.data import SOURCES, indexing, preprocess
-from senet_jax.data.base import Source
+from senet_jax.data.base import Source, eval_image_size
 from senet_jax.errors import UserError
 
 
@@ -166,6 +166,7 @@ class TfdsSource(Source):
         self.shard, self.seed, self.image_size = shard, config.seed, config.image_size
         self.min_area = config.get('min_crop_area', 0.08)
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
+        self.eval_image_size = eval_image_size(config)
         self.interpolation = config.get('eval_interpolation', '')
         self.shuffle_buffer = config.get('shuffle_buffer', 16 * 1024)
         self.decoders = {self.image_key: tfds.decode.SkipDecoding()}
@@ -183,7 +184,7 @@ class TfdsSource(Source):
 
     def eval_image(self, data):
         """Encoded bytes -> the uint8 [S, S, 3] centre crop."""
-        return preprocess.preprocess_eval(data, self.image_size, self.crop_fraction,
+        return preprocess.preprocess_eval(data, self.eval_image_size, self.crop_fraction,
                                           self.interpolation)
 
     def train_dataset(self, start_step: int) -> tf.data.Dataset:
@@ -285,4 +286,4 @@ class TfdsSource(Source):
                    for x, y in self.eval_dataset().as_numpy_iterator())
         yield from indexing.pad_batches(batches, self.shard.local_batch,
                                         self.num_eval_batches,
-                                        (self.image_size, self.image_size, 3))
+                                        (self.eval_image_size, self.eval_image_size, 3))
