@@ -156,7 +156,7 @@ def test_se_sits_on_the_residual_branch_before_the_scaling():
     ((), []), (('block17',), ['block17_0', 'block17_1']),
     (('block35', 'block8'), ['block35_0', 'block8', 'block8_0'])])
 def test_se_stages_place_se_where_asked(stages, units):
-    model = create_model('inception_resnet_v2', repeats=(1, 2, 1), se_stages=stages)
+    model = create_model('se_inception_resnet_v2', repeats=(1, 2, 1), se_stages=stages)
     _, variables = _shapes(model)
     assert sorted(k for k, v in variables['params'].items() if 'se' in v) == units
 
