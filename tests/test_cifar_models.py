@@ -112,7 +112,7 @@ def test_preact_unit_se_scales_the_branch_before_the_addition():
     so SE multiplies the whole branch and nothing after the addition."""
     x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
     model = create_model('se_wrn16_8_cifar', reduction=4)   # for its SE partial
-    unit = PreActUnit(features=8, se=model._se(1), kernels='plain')
+    unit = PreActUnit(features=8, se=model.attention_block(train=False), kernels='plain')
     variables = _variables(unit, x)
     shut = jax.tree_util.tree_map_with_path(
         lambda p, v: jnp.full_like(v, -1e4) if 'fc2' in str(p) and 'bias' in str(p) else v, variables)
