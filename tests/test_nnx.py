@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from reference_weights import random_input, random_state_dict, shallowest
 from senet_jax import SqueezeExcite, create_model, list_models, load_pretrained, to_nnx
-from senet_jax.models import min_input_size
+from senet_jax.models import min_input_size, model_spec
 from senet_jax.convert import main as convert_main
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
@@ -167,8 +167,15 @@ def test_converted_weights_load_into_the_nnx_form(tmp_path):
 def test_every_zoo_model_traces_a_training_step_in_nnx():
     # Shapes only (no compilation): each model builds as an NNX module, and a
     # train-mode call returns logits and writes every BatchNorm's statistics.
-    # Each at one unit per stage: depth changes nothing here.
+    # Each at one unit per stage, and one model per set of constructor options
+    # but the depth: depth changes nothing here.
+    distinct = {}
     for name in list_models():
+        spec = model_spec(name)
+        options = sorted((k, repr(v)) for k, v in spec.kwargs.items()
+                         if k not in ('layers', 'units', 'repeats'))
+        distinct.setdefault((spec.family.__name__, spec.layout, tuple(options)), name)
+    for name in distinct.values():
         depth = shallowest(name)
         size = min_input_size(create_model(name))
         x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
