@@ -127,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mixup_prob = 1.0
     c.mixup_switch_prob = 0.5
     c.mixup_mode = 'batch'
+    # RandAugment on the host after the crop and flip, as timm's
+    # rand_augment_transform string (e.g. RSB's 'rand-m7-mstd0.5-inc1': magnitude
+    # 7 with noise std 0.5, timm's increasing ops, n=2 ops per image, each with
+    # probability 0.5); '' = off. See docs/training.md for what differs from timm.
+    c.randaugment = ''
     # Stochastic depth (residual family): the rate of the last block, rising
     # linearly from 0 at the first (timm's drop_path_rate); None = the model's 0.
     c.model_overrides.drop_path_rate = ml_collections.config_dict.placeholder(float)

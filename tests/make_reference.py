@@ -22,6 +22,11 @@ timm's results for the ResNet Strikes Back pieces of the trainer: three Lamb ste
 BinaryCrossEntropy loss, Mixup/CutMix with given lambdas and boxes, and resnet50's
 per-block drop-path rates.
 
+`python tests/make_reference.py recipes_aug` stores, in fixtures/recipes_aug.npz,
+scikit-image's chelsea resized to 64x48 by PIL and timm's RandAugment ops applied
+to it one at a time at a fixed level (bilinear, timm's ImageNet-mean fill), each
+signed op once with each sign.
+
 `python tests/make_reference.py attention` stores, in fixtures/attention.json, each
 attention block of `reference_weights.ATTENTION_CASES` against its timm module:
 seeded weights and input, the float64 output, and the gradient of <output, probe>
@@ -396,6 +401,39 @@ def make_recipes_batch():
     print('wrote', path)
 
 
+# RandAugment's ops at this level (timm's magnitude scale 0..10, RSB's m7), with
+# the signs timm's _randomly_negate would draw.
+RECIPES_AUG_LEVEL = 7.0
+RECIPES_AUG_SIGNED = ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel',
+                      'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing',
+                      'SharpnessIncreasing')
+
+
+def make_recipes_aug():
+    from unittest import mock
+
+    import skimage.data
+    from PIL import Image
+    _import_timm()
+    from timm.data import auto_augment as aa
+    image = Image.fromarray(skimage.data.chelsea()).resize((64, 48), Image.BILINEAR)
+    hparams = {'translate_pct': 0.45, 'img_mean': (124, 116, 104)}
+    names = sorted(set(aa._RAND_TRANSFORMS) | set(aa._RAND_INCREASING_TRANSFORMS))
+    arrays = {'image': np.asarray(image), 'level': np.float32(RECIPES_AUG_LEVEL)}
+    for name in names:
+        for sign in ((1, -1) if name in RECIPES_AUG_SIGNED else (1,)):
+            # _randomly_negate negates when random() > 0.5.
+            with mock.patch.object(aa.random, 'random', lambda: 0.9 if sign < 0 else 0.1):
+                level_fn = aa.LEVEL_TO_ARG[name]
+                args = level_fn(RECIPES_AUG_LEVEL, hparams) if level_fn else ()
+            out = aa.NAME_TO_OP[name](image, *args, fillcolor=hparams['img_mean'],
+                                      resample=Image.BILINEAR)
+            arrays[f'{name}{"-" if sign < 0 else "+"}'] = np.asarray(out)
+    path = os.path.join(os.path.dirname(OUT), 'recipes_aug.npz')
+    np.savez_compressed(path, **arrays)
+    print('wrote', path, len(arrays) - 2, 'ops')
+
+
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
@@ -403,6 +441,9 @@ if __name__ == '__main__':
     if sys.argv[1:] == ['attention']:
         make_attention()
         make_attention_resnet50()
+        sys.exit()
+    if sys.argv[1:] == ['recipes_aug']:
+        make_recipes_aug()
         sys.exit()
     if sys.argv[1:] == ['recipes_batch']:
         make_recipes_batch()

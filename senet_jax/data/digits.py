@@ -1,6 +1,7 @@
 """digits: scikit-learn's 8x8 handwritten digits, offline, for the quickstart.
 
-Pure numpy and scikit-learn: no TensorFlow.
+Pure numpy and scikit-learn: no TensorFlow, unless config.randaugment is set
+(then RandAugment's TensorFlow ops run on each training batch).
 """
 
 import numpy as np
@@ -85,12 +86,19 @@ class DigitsSource(Source):
         shard.steps_per_epoch(self.num_train_examples, 'digits')
         self.seed, self.shard = config.seed, shard
         self.max_shift = config.get('digits_max_shift', 0)
+        self.randaugment = None
+        if config.get('randaugment', ''):
+            from senet_jax.data import randaugment   # TensorFlow only when on
+            self.randaugment = randaugment.batch_augmenter(config.randaugment,
+                                                           self.seed, shard)
 
     def train_batches(self, start_step):
         for step, idx in indexing.train_index_batches(
                 self.seed, self.num_train_examples, self.shard, start_step):
             images = shift_augment(self.train_x[idx], self.seed, step,
                                    self.max_shift, self.shard)
+            if self.randaugment:
+                images = self.randaugment(images, step)
             yield {'image': images, 'label': self.train_y[idx]}
 
     def eval_batches(self):

@@ -1,4 +1,6 @@
-"""fake: synthetic uint8 images for throughput measurements. No TensorFlow."""
+"""fake: synthetic uint8 images for throughput measurements. No TensorFlow,
+unless config.randaugment is set (then its ops run on each training batch, and
+their cost is measured with the rest)."""
 
 import numpy as np
 
@@ -25,6 +27,11 @@ class FakeSource(Source):
         e = eval_image_size(config)   # eval_image_size: eval images of their own
         self.eval_images = self.images if e == s else rng.integers(
             0, 256, size=(_POOL, shard.local_batch, e, e, 3), dtype=np.uint8)
+        self.randaugment = None
+        if config.get('randaugment', ''):
+            from senet_jax.data import randaugment   # TensorFlow only when on
+            self.randaugment = randaugment.batch_augmenter(config.randaugment,
+                                                           config.seed, shard)
 
     def _labels(self, step, stream):
         rng = np.random.default_rng([self.seed, step, stream])
@@ -34,8 +41,10 @@ class FakeSource(Source):
     def train_batches(self, start_step):
         step = start_step
         while True:
-            yield {'image': self.images[step % _POOL],
-                   'label': self._labels(step, stream=2)}
+            images = self.images[step % _POOL]
+            if self.randaugment:
+                images = self.randaugment(images, step)
+            yield {'image': images, 'label': self._labels(step, stream=2)}
             step += 1
 
     def eval_batches(self):

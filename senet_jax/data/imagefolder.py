@@ -11,7 +11,7 @@ from etils import epath
 import numpy as np
 import tensorflow as tf
 
-from senet_jax.data import indexing, preprocess
+from senet_jax.data import indexing, preprocess, randaugment
 from senet_jax.data.base import Source, eval_image_size
 from senet_jax.errors import UserError
 
@@ -150,6 +150,7 @@ class ImageFolderSource(Source):
                                                      'imagefolder')
         self.shard, self.seed, self.image_size = shard, config.seed, config.image_size
         self.min_area = config.get('min_crop_area', 0.08)
+        self.randaugment = randaugment.from_config(config.get('randaugment', ''))
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
         self.eval_image_size = eval_image_size(config)
         self.interpolation = config.get('eval_interpolation', '')
@@ -169,7 +170,7 @@ class ImageFolderSource(Source):
         ds = preprocess.tpu_host_options(ds)
         ds = ds.map(lambda p, y, c: (preprocess.preprocess_train(
             tf.io.read_file(p), preprocess.example_seed(self.seed, c),
-            self.image_size, self.min_area), y),
+            self.image_size, self.min_area, randaugment=self.randaugment), y),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(self.shard.local_batch, drop_remainder=True).prefetch(2)
 

@@ -10,6 +10,8 @@ import os
 
 import tensorflow as tf
 
+from senet_jax.data import randaugment as ra
+
 
 def host_cores() -> int:
     """The CPU cores this process may run on (its affinity mask: a process
@@ -64,8 +66,9 @@ def _resize_uint8(image, image_size, method='bicubic', antialias=True):
 
 
 def preprocess_train(data, seed, image_size, min_area=0.08,
-                     aspect_ratio=(3 / 4, 4 / 3)):
-    """Random-size crop (area min_area..100%, aspect 3/4..4/3) + flip.
+                     aspect_ratio=(3 / 4, 4 / 3), randaugment=None):
+    """Random-size crop (area min_area..100%, aspect 3/4..4/3) + flip, then
+    RandAugment when `randaugment` (a randaugment.Policy) is given (timm's order).
 
     `seed` is an int32/int64 [2] tensor; the result is a pure function of it.
     """
@@ -84,7 +87,8 @@ def preprocess_train(data, seed, image_size, min_area=0.08,
     # antialiasing made the whole decode + crop + resize 2.7x slower on a CPU core.
     image = _resize_uint8(_decode_and_crop(data, crop_fn), image_size,
                           method='bilinear', antialias=False)
-    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return ra.augment(image, seed, randaugment) if randaugment else image
 
 
 def resize_then_crop(image, image_size, crop_pct, method='bilinear'):

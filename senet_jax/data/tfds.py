@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from senet_jax.data import SOURCES, indexing, preprocess
+from senet_jax.data import SOURCES, indexing, preprocess, randaugment
 from senet_jax.data.base import Source, eval_image_size
 from senet_jax.errors import UserError
 
@@ -165,6 +165,7 @@ class TfdsSource(Source):
             max(_num_examples(builder, p) for p in eval_parts) / shard.local_batch)
         self.shard, self.seed, self.image_size = shard, config.seed, config.image_size
         self.min_area = config.get('min_crop_area', 0.08)
+        self.randaugment = randaugment.from_config(config.get('randaugment', ''))
         self.crop_fraction = config.get('eval_crop_fraction', 0.875)
         self.eval_image_size = eval_image_size(config)
         self.interpolation = config.get('eval_interpolation', '')
@@ -180,7 +181,8 @@ class TfdsSource(Source):
 
     def train_image(self, data, seed):
         """Encoded bytes -> the augmented uint8 [S, S, 3] training image."""
-        return preprocess.preprocess_train(data, seed, self.image_size, self.min_area)
+        return preprocess.preprocess_train(data, seed, self.image_size, self.min_area,
+                                           randaugment=self.randaugment)
 
     def eval_image(self, data):
         """Encoded bytes -> the uint8 [S, S, 3] centre crop."""
