@@ -3,7 +3,8 @@
     python -m senet_jax.benchmark --model se_resnet50 --batch-size 8 --image-size 224 \\
         --mode train [--dtype float32|bfloat16|float16] [--steps 20] [--compare timm] \\
         [--baseline resnet50] [--json]
-    python -m senet_jax.benchmark --input-pipeline DIR [--image-size 224]
+    python -m senet_jax.benchmark --input-pipeline DIR [--image-size 224] \\
+        [--randaugment rand-m7-mstd0.5-inc1]
 
 The training step is the trainer's own (`senet_jax.trainer.compile_steps`), called
 as `train.py` calls it: uint8 images normalised on device, softmax cross-entropy,
@@ -30,6 +31,7 @@ import ml_collections
 import optax
 
 from senet_jax import precision, xla_cpu
+from senet_jax.errors import UserError
 from senet_jax.models import create_model, model_spec, normalize_images
 
 # Dense bf16 peak FLOP/s by device kind, for MFU (public spec sheets).
@@ -238,14 +240,17 @@ def _cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
-def input_pipeline_benchmark(directory, image_size, num_images):
-    """JPEG decode + random-size crop + flip, as in training, from image bytes in memory.
+def input_pipeline_benchmark(directory, image_size, num_images, randaugment=''):
+    """JPEG decode + random-size crop + flip (+ RandAugment when `randaugment`,
+    a config.randaugment string), as in training, from image bytes in memory.
 
     'Per core' is images per CPU-second of this process (user + system), which
     holds on a shared machine where wall-clock figures drift.
     """
     import tensorflow as tf
     from senet_jax.data import preprocess
+    from senet_jax.data import randaugment as ra
+    policy = ra.from_config(randaugment)
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
                    if f.lower().endswith(('.jpg', '.jpeg', '.png')))
     if not files:
@@ -253,7 +258,8 @@ def input_pipeline_benchmark(directory, image_size, num_images):
     blobs = [tf.io.read_file(f).numpy() for f in files]   # time decode and crop, not the disk
     ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().take(num_images).enumerate()
     ds = preprocess.tpu_host_options(ds)   # the trainer's threading: one thread per core
-    ds = ds.map(lambda i, b: preprocess.preprocess_train(b, tf.stack([tf.constant(0, tf.int64), i]), image_size),
+    ds = ds.map(lambda i, b: preprocess.preprocess_train(
+        b, tf.stack([tf.constant(0, tf.int64), i]), image_size, randaugment=policy),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.batch(64).prefetch(2)
     for _ in ds.take(1):
@@ -263,7 +269,7 @@ def input_pipeline_benchmark(directory, image_size, num_images):
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     return {'images_per_sec': n / wall, 'images_per_sec_per_core': n / cpu,
             'cpu_seconds': cpu, 'cores': preprocess.host_cores(), 'num_files': len(files),
-            'image_size': image_size}
+            'image_size': image_size, 'randaugment': randaugment}
 
 
 def main(argv=None):
@@ -281,6 +287,8 @@ def main(argv=None):
                    help='a second zoo model (e.g. resnet50) timed in alternating rounds')
     p.add_argument('--input-pipeline', metavar='DIR', default=None)
     p.add_argument('--num-images', type=int, default=2000)
+    p.add_argument('--randaugment', metavar='SPEC', default='',
+                   help="with --input-pipeline: RandAugment too (e.g. rand-m7-mstd0.5-inc1)")
     p.add_argument('--json', action='store_true', help='print one JSON object')
     args = p.parse_args(argv)
     if min(args.batch_size, args.image_size, args.steps, args.rounds) < 1:
@@ -292,10 +300,11 @@ def main(argv=None):
         os.environ[GPU_MEMORY_FRACTION_VARS[0]] = '0.5'
     try:
         if args.input_pipeline:
-            result = input_pipeline_benchmark(args.input_pipeline, args.image_size, args.num_images)
+            result = input_pipeline_benchmark(args.input_pipeline, args.image_size,
+                                              args.num_images, args.randaugment)
         else:
             result = benchmark(args)
-    except ValueError as e:
+    except (ValueError, UserError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if args.json:

@@ -100,6 +100,9 @@ def test_input_pipeline_benchmark_on_an_image_folder(tmp_path, capsys):
                            '--num-images', '40', '--json']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['num_files'] == 4 and result['images_per_sec_per_core'] > 0
+    assert benchmark.main(['--input-pipeline', str(tmp_path), '--randaugment', 'rand-m7-x',
+                           '--num-images', '8']) == 1
+    assert "cannot read the section 'x'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
