@@ -152,3 +152,16 @@ def test_digits_randaugment_is_resumable_and_off_unchanged():
     # Row i of step s is augmented with seed (run seed, s * global_batch + i).
     row = ra.augment(plain[2][5], [0, 2 * 16 + 5], ra.parse('rand-m7-mstd0.5-inc1'))
     assert np.array_equal(first[2][5], row.numpy())
+
+
+@pytest.mark.slow
+def test_fake_source_applies_randaugment():
+    """configs/rsb.py's local variants train on fake images: RandAugment runs there."""
+    from senet_jax.data.fake import FakeSource
+    shard = indexing.Shard(global_batch=4)
+    config = _config('rand-m9-p1.0')
+    config.fake_num_examples = 8
+    off, on = FakeSource(_config(''), shard), FakeSource(config, shard)
+    a, b = next(iter(off.train_batches(5)))['image'], next(iter(on.train_batches(5)))['image']
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert np.array_equal(b, next(iter(on.train_batches(5)))['image'])
