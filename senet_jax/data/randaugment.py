@@ -196,17 +196,16 @@ def sharpness(image, factor):
 def _affine(image, matrix, fill):
     """PIL's Image.transform(AFFINE, matrix) in pixel-centre coordinates: the
     output pixel (x, y) reads the input at matrix @ (x, y, 1), bilinearly, with
-    `fill` outside. TF's fill value is one scalar, so a ones channel is
-    transformed beside the image and the fill colour added where it fell off."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    x = tf.concat([tf.cast(image, tf.float32), tf.ones_like(image[..., :1], tf.float32)],
-                  axis=-1)
+    `fill` outside. TF's fill value is one scalar for all channels; bilinear
+    sampling is linear, so the image is shifted by the fill colour, transformed
+    with fill 0 and shifted back."""
+    fill = tf.constant(fill, tf.float32)
     transform = tf.concat([tf.cast(matrix, tf.float32), tf.zeros([2])], axis=0)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[None], transforms=transform[None], output_shape=tf.stack([h, w]),
-        fill_value=0.0, interpolation='BILINEAR', fill_mode='CONSTANT')[0]
-    inside = out[..., 3:]
-    return _u8(out[..., :3] + (1 - inside) * tf.constant(fill, tf.float32))
+        images=(tf.cast(image, tf.float32) - fill)[None], transforms=transform[None],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation='BILINEAR',
+        fill_mode='CONSTANT')[0]
+    return _u8(out + fill)
 
 
 def rotate(image, degrees, fill=FILL):
