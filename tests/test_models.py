@@ -209,6 +209,13 @@ def test_zoo_covers_the_issue_table():
     (dict(name='se_resnet50', layers=(3, 4, 6)), 'layers must be one block count per stage'),
     (dict(name='se_resnet50', num_classes=0), 'num_classes must be at least 1'),
     (dict(name='senet154', drop_rate=1.0), 'drop_rate must be in [0, 1)'),
+    # SK is an option of the residual family only; there it replaces the 3x3 conv.
+    (dict(name='se_mobilenet_v1', selective_kernel={}), 'se_mobilenet_v1 does not take selective_kernel: SKNet replaces'),
+    (dict(name='sk_resnet18', selective_kernel={'reduce': 8}),
+     "selective_kernel has no option 'reduce'; its options are"),
+    (dict(name='sk_resnet18', selective_kernel=8), 'selective_kernel must be None or a dict'),
+    (dict(name='se_resnextaa101d_32x8d', selective_kernel={}),
+     'selective_kernel cannot be combined with aa or stride_on_1x1'),
 ])
 def test_bad_options_are_refused_in_one_sentence(kwargs, message):
     with pytest.raises(ValueError) as e:

@@ -78,6 +78,9 @@ def create_model(name: str, num_classes: Optional[int] = None, **overrides):
     spec = model_spec(name)
     options = overridable(name)
     for option in sorted(overrides):
+        if option == 'selective_kernel' and option not in options:
+            raise ValueError(f'{name} does not take selective_kernel: SKNet replaces the 3x3 conv '
+                             'of a residual block, so only the residual family (ResNet) offers it.')
         if option not in options:
             hint = did_you_mean(option, options) or f' The options are {options}.'
             raise ValueError(f"Unknown option '{option}' for {name}.{hint}")
