@@ -32,7 +32,9 @@ def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     dropped here rather than in `create_model`, where None can be a real
     choice (`stem_pool=None`).
     """
-    return {k: v for k, v in (overrides or {}).items() if v is not None}
+    # A nested ConfigDict (selective_kernel's options) reaches the model as a plain dict.
+    return {k: v.to_dict() if hasattr(v, 'to_dict') else v
+            for k, v in (overrides or {}).items() if v is not None}
 
 
 def list_models() -> List[str]:
