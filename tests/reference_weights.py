@@ -6,9 +6,10 @@ import zlib
 import numpy as np
 
 # One training-mode step: both layouts, basic and bottleneck blocks, grouped convolutions,
-# SENet-154's deep stem and 3x3 downsampling, ResNet-D's pooled shortcut at odd sizes.
+# SENet-154's deep stem and 3x3 downsampling, ResNet-D's pooled shortcut at odd sizes, and
+# the Selective Kernel conv's BNs (its paths' and its attention's, on per-example vectors).
 TRAIN_NAMES = ('se_resnet50', 'legacy_se_resnet18', 'legacy_se_resnet50', 'se_resnext50_32x4d', 'senet154',
-               'se_resnext26d_32x4d')
+               'se_resnext26d_32x4d', 'sk_resnext50_32x4d')
 TRAIN_BATCH = (2, 71, 57)   # images, height, width
 # Checked at one block per stage: every piece of their layout (deep stems, pooled or 3x3
 # projection shortcuts, anti-aliasing, widths) is in a stage's first block, and the deep
