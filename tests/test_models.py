@@ -256,30 +256,6 @@ def test_a_nested_config_override_reaches_the_model_as_a_dict():
 
 
 @pytest.mark.slow
-def test_selective_kernel_blocks_train_from_a_config_override():
-    """SK in the small digits network: every SK parameter gets a gradient, and the
-    BNs inside the SK conv update their statistics in training."""
-    import ml_collections
-    from senet_jax.models import set_overrides
-    sk = set_overrides(ml_collections.ConfigDict({'selective_kernel': {'reduction': 4}}))
-    # zero_init_last=False: a zero last BN would hold every gradient inside the branch at 0.
-    model = create_model('resnet_mini', num_classes=3, zero_init_last=False, layers=(1, 0, 0, 0), **sk)
-    x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-
-    def loss(params):
-        out, new = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
-        return jnp.mean(out ** 2), new['batch_stats']
-    grads, stats = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
-    block = grads['stage2_block0']['conv1']   # the basic block's first conv is the SK conv
-    assert set(block) == {'path0_conv', 'path0_bn', 'path1_conv', 'path1_bn', 'attn_fc_reduce', 'attn_bn',
-                          'attn_fc_select'}
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(block))
-    old, new = (s['stage2_block0']['conv1']['path1_bn']['mean'] for s in (variables['batch_stats'], stats))
-    assert float(jnp.abs(new - old).max()) > 0
-
-
-@pytest.mark.slow
 def test_config_overrides_and_input_normalisation_helpers():
     from senet_jax.models import IMAGENET_MEAN, normalize_images, set_overrides
     overrides = set_overrides({'reduction': None, 'gate': 'tanh', 'se_stages': [4, 5]})
