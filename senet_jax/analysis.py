@@ -325,6 +325,9 @@ def gated_norm(model, block_params) -> str:
     if model.se_position == 'standard':
         return 'bn3' if bottleneck else 'bn2'
     if model.se_position == '3x3':
+        if getattr(model, 'selective_kernel', None) is not None:
+            raise ValueError("pruning at se_position '3x3' needs the BN after the 3x3 conv, which a "
+                             'Selective Kernel conv splits over its paths.')
         return 'bn2' if bottleneck else 'bn1'
     raise ValueError(f"pruning needs se_position 'standard' or '3x3', got {model.se_position!r}.")
 

@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import pickle
+import re
 import sys
 import zipfile
 from typing import Any, Dict, Mapping, NamedTuple, Tuple
@@ -58,7 +59,9 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
     Layouts: 'timm' and 'legacy' (Cadene's `layer0.*`, `se_module`, `last_linear`);
     'timm_deep', timm's deep stem; 'timm_avg_down', timm's 7x7 stem and average-pooled
     shortcuts (ecaresnetlight); 'timm_d', the deep stem and average-pooled
-    shortcuts (`downsample.0` is the pool, which has no weights).
+    shortcuts (`downsample.0` is the pool, which has no weights); 'timm_sk', timm's SK
+    ResNets, whose blocks' convs are ConvNormAct (`conv1.conv`, `conv1.bn`) and whose
+    SK conv (a module with submodules here) keeps its name (`conv2.paths.0.conv`).
     """
     legacy = layout == 'legacy'
     head, rest = path[0], list(path[1:])
@@ -73,6 +76,8 @@ def _resnet_module(path: Tuple[str, ...], layout: str) -> str:
     parts = [f'layer{int(stage) - 1}', block]
     down = (('downsample.1', 'downsample.2') if layout in ('timm_d', 'timm_avg_down')
             else ('downsample.0', 'downsample.1'))
+    if layout == 'timm_sk' and len(rest) == 1:   # a plain conv or BN of a block
+        rest = [re.sub(r'^conv(\d)$', r'conv\1.conv', re.sub(r'^bn(\d)$', r'conv\1.bn', rest[0]))]
     for p in rest:
         parts.append({'se': 'se_module' if legacy else 'se', 'downsample_conv': down[0],
                       'downsample_bn': down[1]}.get(p, torch_name(p)))   # torch_name: attention blocks
@@ -86,6 +91,7 @@ TORCH_MODULE = {
     'timm_deep': _resnet_module,
     'timm_d': _resnet_module,
     'timm_avg_down': _resnet_module,
+    'timm_sk': _resnet_module,
     'legacy': _resnet_module,
     'timm_vgg': _vgg_module,
     'pytorchcv_mobilenet': _mobilenet_module,

@@ -6,9 +6,10 @@ import zlib
 import numpy as np
 
 # One training-mode step: both layouts, basic and bottleneck blocks, grouped convolutions,
-# SENet-154's deep stem and 3x3 downsampling, ResNet-D's pooled shortcut at odd sizes.
+# SENet-154's deep stem and 3x3 downsampling, ResNet-D's pooled shortcut at odd sizes, and
+# the Selective Kernel conv's BNs (its paths' and its attention's, on per-example vectors).
 TRAIN_NAMES = ('se_resnet50', 'legacy_se_resnet18', 'legacy_se_resnet50', 'se_resnext50_32x4d', 'senet154',
-               'se_resnext26d_32x4d')
+               'se_resnext26d_32x4d', 'sk_resnext50_32x4d')
 TRAIN_BATCH = (2, 71, 57)   # images, height, width
 # Checked at one block per stage: every piece of their layout (deep stems, pooled or 3x3
 # projection shortcuts, anti-aliasing, widths) is in a stage's first block, and the deep
@@ -17,7 +18,7 @@ REDUCED = {name: {'layers': [1, 1, 1, 1]} for name in (
     'resnet50d', 'resnet152d', 'se_resnet152d', 'se_resnext26d_32x4d', 'se_resnext26t_32x4d',
     'resnext101_32x8d', 'se_resnext101_32x8d', 'resnext101_64x4d', 'se_resnext101_64x4d',
     'se_resnext101d_32x8d', 'se_resnextaa101d_32x8d', 'se_resnextaa201d_32x8d', 'gluon_senet154',
-    'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d', 'senet154')}
+    'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d', 'senet154', 'sk_resnext50_32x4d')}
 
 
 def shallowest(name):
@@ -47,12 +48,15 @@ def _last_bn(keys):
     """Per residual block, the BN that ends its branch (kept small so deep nets stay finite)."""
     last = {}
     for k in keys:
-        m = re.match(r'(layer\d+\.\d+)\.bn(\d)\.weight$', k)
+        # timm's SK blocks name their convs' BNs conv{i}.bn (ConvNormAct).
+        m = re.match(r'(layer\d+\.\d+)\.(?:bn(\d)|conv(\d)\.bn)\.weight$', k)
         if m:
-            last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
+            last[m.group(1)] = max(last.get(m.group(1), (0, '')), (int(m.group(2) or m.group(3)),
+                                                                  'bn' if m.group(2) else 'conv'))
     # pytorchcv ShuffleNet units: the branch ends with expand_bn3.
     shuffle = {k[:-len('.weight')] for k in keys if re.search(r'\.unit\d+\.expand_bn3\.weight$', k)}
-    small = {f'{block}.bn{i}' for block, i in last.items()} | shuffle
+    small = {f'{block}.bn{i}' if kind == 'bn' else f'{block}.conv{i}.bn'
+             for block, (i, kind) in last.items()} | shuffle
     # pytorchcv's post-activation CIFAR units (body.conv{k} = conv then bn); not its
     # pre-activation WRN (a final 'post_activ' BN), whose BNs come before the convs.
     if not any(k.startswith('features.post_activ.') for k in keys):

@@ -230,6 +230,9 @@ def test_pruning_needs_a_gated_norm():
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
     with pytest.raises(ValueError, match='standard'):
         analysis.channel_scores(model, variables, 'l1_weight')
+    sk = create_model('se_resnet_mini', num_classes=NUM_CLASSES, se_position='3x3', selective_kernel={})
+    with pytest.raises(ValueError, match='Selective Kernel conv splits'):
+        analysis.gated_norm(sk, {'bn2': {}})
 
 
 @pytest.mark.slow

@@ -209,6 +209,13 @@ def test_zoo_covers_the_issue_table():
     (dict(name='se_resnet50', layers=(3, 4, 6)), 'layers must be one block count per stage'),
     (dict(name='se_resnet50', num_classes=0), 'num_classes must be at least 1'),
     (dict(name='senet154', drop_rate=1.0), 'drop_rate must be in [0, 1)'),
+    # SK is an option of the residual family only; there it replaces the 3x3 conv.
+    (dict(name='se_mobilenet_v1', selective_kernel={}), 'se_mobilenet_v1 does not take selective_kernel: SKNet replaces'),
+    (dict(name='sk_resnet18', selective_kernel={'reduce': 8}),
+     "selective_kernel has no option 'reduce'; its options are"),
+    (dict(name='sk_resnet18', selective_kernel=8), 'selective_kernel must be None or a dict'),
+    (dict(name='se_resnextaa101d_32x8d', selective_kernel={}),
+     'selective_kernel cannot be combined with aa or stride_on_1x1'),
 ])
 def test_bad_options_are_refused_in_one_sentence(kwargs, message):
     with pytest.raises(ValueError) as e:
@@ -238,6 +245,14 @@ def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
     assert float(jnp.abs(grads['stage2_block0']['conv1']['kernel']).max()) > 0
     variables = create_model('se_resnet50', num_classes=3, **TINY).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     assert float(jnp.abs(variables['params']['stage2_block0']['bn3']['scale']).max()) == 0  # sigmoid: zero-init kept
+
+
+def test_a_nested_config_override_reaches_the_model_as_a_dict():
+    import ml_collections
+    from senet_jax.models import set_overrides
+    overrides = set_overrides(ml_collections.ConfigDict({'selective_kernel': {'reduction': 4}}))
+    assert overrides == {'selective_kernel': {'reduction': 4}}
+    assert type(overrides['selective_kernel']) is dict
 
 
 @pytest.mark.slow

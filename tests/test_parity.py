@@ -28,7 +28,7 @@ NAMES = [n for n in list_models() if model_spec(n).reference]
 OTHER_DEPTHS = ('resnet34', 'se_resnet34', 'legacy_se_resnet34',
                 'resnet101', 'se_resnet101', 'legacy_se_resnet101',
                 'resnet152', 'se_resnet152', 'legacy_se_resnet152',
-                'resnext101_32x4d', 'se_resnext101_32x4d', 'legacy_se_resnext101_32x4d')
+                'resnext101_32x4d', 'se_resnext101_32x4d', 'legacy_se_resnext101_32x4d', 'sk_resnet34')
 LOGIT_NAMES = [n for n in NAMES if n not in OTHER_DEPTHS]
 
 

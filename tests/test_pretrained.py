@@ -75,6 +75,28 @@ def test_every_timm_se_weight_has_its_tag():
     assert len(pretrained.weight_config('se_resnextaa201d_32x8d.sw_in12k').label_names()) == 11821
 
 
+# Issue 22: the published weights of SE's successors in the residual family (timm 1.0.31).
+TIMM_SUCCESSORS = ['ecaresnet26t.ra2_in1k', 'ecaresnet50d.miil_in1k', 'ecaresnet50t.a1_in1k',
+                   'ecaresnet50t.a2_in1k', 'ecaresnet50t.a3_in1k', 'ecaresnet50t.ra2_in1k',
+                   'ecaresnet101d.miil_in1k', 'ecaresnet269d.ra2_in1k', 'ecaresnetlight.miil_in1k',
+                   'skresnet18.ra_in1k', 'skresnet34.ra_in1k', 'skresnext50_32x4d.ra_in1k']
+
+
+def test_every_successor_weight_has_its_tag_on_the_hub():
+    from senet_jax.models import model_spec
+    by_source = {w.source: (tag, w) for tag, w in pretrained.WEIGHTS.items()}
+    for timm_tag in TIMM_SUCCESSORS:
+        tag, w = by_source['hf-hub:timm/' + timm_tag]
+        assert model_spec(w.model).reference == timm_tag.split('.')[0]
+        assert tag.split('.', 1)[1] == timm_tag.split('.', 1)[1] and w.layout is None
+        assert w.top1 is not None and w.top1_source == pretrained.TIMM_RESULTS
+    # timm's default weight of each network is listed first, at the zoo model's input size.
+    assert pretrained.resolve('eca_resnet50t')[0] == 'eca_resnet50t.ra2_in1k'
+    assert pretrained.resolve('sk_resnext50_32x4d')[0] == 'sk_resnext50_32x4d.ra_in1k'
+    for name in ('eca_resnet26t', 'eca_resnet50t', 'eca_resnet269d', 'sk_resnet18'):
+        assert pretrained.resolve(name)[1].input_size == model_spec(name).input_size
+
+
 def test_model_names_hub_ids_and_tags_resolve():
     assert pretrained.resolve('se_resnet50')[0] == 'se_resnet50.a1_in1k'     # timm's default
     assert pretrained.resolve('hf-hub:timm/seresnet50.ra2_in1k')[0] == 'se_resnet50.ra2_in1k'

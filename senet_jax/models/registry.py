@@ -32,7 +32,9 @@ def set_overrides(overrides: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     dropped here rather than in `create_model`, where None can be a real
     choice (`stem_pool=None`).
     """
-    return {k: v for k, v in (overrides or {}).items() if v is not None}
+    # A nested ConfigDict (selective_kernel's options) reaches the model as a plain dict.
+    return {k: v.to_dict() if hasattr(v, 'to_dict') else v
+            for k, v in (overrides or {}).items() if v is not None}
 
 
 def list_models() -> List[str]:
@@ -78,6 +80,9 @@ def create_model(name: str, num_classes: Optional[int] = None, **overrides):
     spec = model_spec(name)
     options = overridable(name)
     for option in sorted(overrides):
+        if option == 'selective_kernel' and option not in options:
+            raise ValueError(f'{name} does not take selective_kernel: SKNet replaces the 3x3 conv '
+                             'of a residual block, so only the residual family (ResNet) offers it.')
         if option not in options:
             hint = did_you_mean(option, options) or f' The options are {options}.'
             raise ValueError(f"Unknown option '{option}' for {name}.{hint}")

@@ -19,20 +19,28 @@ are options here too: the three-conv stems (`stem='deep'`, `'deep_tiered'`),
 the average-pooled projection shortcut (`avg_down`), and timm's average-pool
 anti-aliasing (`aa`, with `stem_pool='avg'`).
 
+SKNet (Li et al., CVPR 2019; timm's `sknet.py`) is an option too:
+`selective_kernel` makes each block's 3x3 conv (a basic block's first conv, as
+timm's `SelectiveKernelBasic`) an `attention.SelectiveKernel`, with its BN and ReLU
+inside, in every stage.
+
 Every convolution uses explicit symmetric padding (k // 2), as PyTorch does,
 never 'SAME', so odd input sizes give exactly the reference's feature maps.
 """
-from typing import Any, Optional, Sequence
+import dataclasses
+import functools
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from senet_jax import cpu_kernels
+from senet_jax.attention import SelectiveKernel
 from senet_jax.layers import (SqueezeExcite, avg_pool_2x2, classify, conv_and_norm, drop_path_rates,
                               drop_path_scale, max_pool_ceil)
 from senet_jax.models.base import ZooModule
 from senet_jax.models.spec import PaperFigures, spec
-from senet_jax.options import SE_POSITIONS, STAGES, validate_fields  # noqa: F401 (re-exported)
+from senet_jax.options import SE_POSITIONS, STAGES, did_you_mean, validate_fields  # noqa: F401 (re-exported)
 
 Dtype = Any
 
@@ -62,6 +70,9 @@ class ResidualBlock(nn.Module):
     se: Optional[Any] = None      # a partial building the attention block (SqueezeExcite or
                                   # attention.create_attention), or None for none
     se_position: str = 'standard'
+    # SelectiveKernel options (a dict, {} for its defaults) to make the 3x3 conv (basic
+    # block: the first conv) a Selective Kernel conv with its BN and ReLU; None: a plain conv.
+    selective_kernel: Optional[Any] = None
     zero_init_last: bool = True   # last BN scale starts at 0 (Goyal et al.), as timm
     # The standard avg-squeeze SE block: its last BN, scale, addition and ReLU in
     # one elementwise pass (see _fused_se_output). False spells the steps out one
@@ -99,6 +110,9 @@ class ResidualBlock(nn.Module):
                              f'downsamples, got {x.shape[1]}x{x.shape[2]} (as in timm, whose '
                              'shortcut would not fit either): use an input side that is a multiple of 32.')
         stride = 1 if aa else self.stride
+        sk = None if self.selective_kernel is None else functools.partial(
+            SelectiveKernel, **self.selective_kernel, train=train, dtype=self.dtype,
+            param_dtype=self.param_dtype)
         # timm's aa_layer=nn.AvgPool2d: a 2x2/2 average pool (floor mode) after the strided conv's ReLU.
         strided = (lambda v: avg_pool_2x2(v)) if aa else (lambda v: v)
 
@@ -108,14 +122,20 @@ class ResidualBlock(nn.Module):
             y = conv(self.width // self.reduce_first, 1, s1, name='conv1')(y)
             y = nn.relu(norm(name='bn1')(y))
             y = strided(y) if self.stride_on_1x1 else y
-            y = conv(self.width, 3, s3, self.groups, name='conv2')(y)
-            y = nn.relu(norm(name='bn2')(y))
+            if sk is not None:   # timm's SelectiveKernelBottleneck: conv2 is the SK conv
+                y = sk(features=self.width, strides=s3, groups=self.groups, name='conv2')(y)
+            else:
+                y = conv(self.width, 3, s3, self.groups, name='conv2')(y)
+                y = nn.relu(norm(name='bn2')(y))
             y = y if self.stride_on_1x1 else strided(y)
             y = se('3x3')(y)
             y = conv(self.features, 1, name='conv3')(y)
         else:
-            y = conv(self.width, 3, stride, name='conv1')(y)
-            y = nn.relu(norm(name='bn1')(y))
+            if sk is not None:   # timm's SelectiveKernelBasic: conv1 is the SK conv
+                y = sk(features=self.width, strides=stride, name='conv1')(y)
+            else:
+                y = conv(self.width, 3, stride, name='conv1')(y)
+                y = nn.relu(norm(name='bn1')(y))
             y = strided(y)
             y = se('3x3')(y)
             y = conv(self.features, 3, 1, self.groups, name='conv2')(y)
@@ -201,6 +221,13 @@ class ResNet(ZooModule):
     # the first block over the whole network, as timm's drop_path_rate.
     drop_path_rate: float = 0.0
     zero_init_last: bool = True
+    # SKNet: options of attention.SelectiveKernel (a dict; {} for its defaults) that make
+    # every block's 3x3 conv a Selective Kernel conv (see ResidualBlock); None: plain convs.
+    selective_kernel: Optional[Any] = None
+
+    def __post_init__(self):
+        _check_selective_kernel(self)
+        super().__post_init__()
 
     def min_input_size(self) -> int:
         """The smallest input side for which every stage still has a feature map of at least 1x1."""
@@ -246,7 +273,7 @@ class ResNet(ZooModule):
                     reduce_first=self.reduce_first, stride_on_1x1=self.stride_on_1x1,
                     act_before_se=self.act_before_se, downsample_kernel=self.downsample_kernel,
                     avg_down=self.avg_down, aa=self.aa, se=se, se_position=self.se_position,
-                    zero_init_last=self.zero_init_last,
+                    selective_kernel=self.selective_kernel, zero_init_last=self.zero_init_last,
                     fuse_se=self.fuse_se, drop_path_rate=next(block_rates),
                     kernels=self.kernels, dtype=self.dtype, param_dtype=self.param_dtype,
                     name=f'stage{stage}_block{b}')(x, train)
@@ -255,6 +282,27 @@ class ResNet(ZooModule):
             return features
 
         return classify(x, self.num_classes, self.drop_rate, train, self.dtype, self.param_dtype)
+
+
+# What a residual block sets on its Selective Kernel conv itself.
+_SK_SET_BY_BLOCK = ('features', 'strides', 'groups', 'train', 'dtype', 'param_dtype', 'parent', 'name')
+
+
+def _check_selective_kernel(net):
+    """Refuse, in one sentence, SK options the block cannot take."""
+    options = net.selective_kernel
+    if options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise ValueError(f'selective_kernel must be None or a dict of SelectiveKernel options, got {options!r}.')
+    allowed = sorted({f.name for f in dataclasses.fields(SelectiveKernel)} - set(_SK_SET_BY_BLOCK))
+    for option in options:
+        if option not in allowed:
+            raise ValueError(f'selective_kernel has no option {option!r}; its options are {tuple(allowed)}.'
+                             + did_you_mean(option, allowed))
+    if net.aa or net.stride_on_1x1:
+        raise ValueError('selective_kernel cannot be combined with aa or stride_on_1x1: the SK conv '
+                         'takes the stride itself, as in timm.')
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +383,16 @@ _register('eca_resnet269d', 'ecaresnet269d', 'timm_d', layers=(3, 30, 48, 8), st
 # timm's stem_width=32 is unused by its 7x7 stem (64 channels).
 _register('eca_resnetlight', 'ecaresnetlight', 'timm_avg_down', layers=(1, 1, 11, 3), attention='eca',
           avg_down=True)
+# SK ResNets (timm's sknet.py): 7x7 stem, Selective Kernel 3x3 convs (timm's sk_kwargs:
+# rd_ratio 1/r, rd_divisor, split_input), no attention block, last BN scales start at 1.
+_SK = dict(attention=None, zero_init_last=False)
+_SK_SPLIT = {'reduction': 8, 'divisor': 16, 'split_input': True}
+_register('sk_resnet18', 'skresnet18', 'timm_sk', layers=_DEPTHS[18], bottleneck=False,
+          selective_kernel=_SK_SPLIT, **_SK)
+_register('sk_resnet34', 'skresnet34', 'timm_sk', layers=_DEPTHS[34], bottleneck=False,
+          selective_kernel=_SK_SPLIT, **_SK)
+_register('sk_resnext50_32x4d', 'skresnext50_32x4d', 'timm_sk', layers=_DEPTHS[50], cardinality=32,
+          base_width=4, selective_kernel={'reduction': 16, 'divisor': 32, 'split_input': False}, **_SK)
 _X = dict(cardinality=32, base_width=4)
 _register('se_resnext26d_32x4d', 'seresnext26d_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_D, **_SE)
 _register('se_resnext26t_32x4d', 'seresnext26t_32x4d', 'timm_d', layers=_DEPTHS[26], **_X, **_SE,
