@@ -66,6 +66,8 @@ ADDED_FIELDS = {
     # The test resolution (0: image_size). Not ema_decay: an older run resumed with an
     # EMA starts it from its weights (trainer.restore_or_init), as timm does.
     'eval_image_size': 0,
+    # Repeated augmentation (0: off).
+    'repeated_augmentation': 0,
 }
 _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 

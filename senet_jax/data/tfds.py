@@ -143,6 +143,12 @@ class TfdsSource(Source):
     """Each process reads its own contiguous slice of each split."""
 
     def __init__(self, config, shard: indexing.Shard):
+        if shard.repeats > 1:
+            # Copies spread over processes would need every process to read the
+            # same records, and each reads its own slice of the TFRecord files.
+            raise UserError(f'repeated_augmentation={shard.repeats} is not supported by '
+                            'tfds datasets yet (each process reads its own slice of the '
+                            'records); use 0, or dataset=imagefolder')
         self.builder = builder = tfds_builder(config.dataset, config.data_dir)
         # (places365_small's supervised keys add a third: the file name.)
         self.image_key, self.label_key = (builder.info.supervised_keys

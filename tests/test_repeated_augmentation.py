@@ -1,0 +1,108 @@
+"""Repeated augmentation (timm's RepeatAugSampler): each image's R copies in one
+global batch, spread over processes, each with its own augmentation seed, and a
+stream that a resume reproduces. Pure numpy, except the slow run at the end."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from senet_jax.data import create_input_pipeline, indexing
+from senet_jax.data.indexing import Shard
+from senet_jax.errors import UserError
+
+N, SEED = 103, 7   # 103 examples: an epoch drops a remainder
+
+
+def global_steps(gb, repeats, process_count, start_step, num_steps, n=N):
+    """[num_steps, gb] the processes' indices side by side, from `start_step`."""
+    streams = [indexing.train_index_batches(SEED, n, Shard(gb, p, process_count, repeats),
+                                            start_step)
+               for p in range(process_count)]
+    return np.stack([np.concatenate([idx for _, idx in row])
+                     for row in itertools.islice(zip(*streams), num_steps)])
+
+
+@pytest.mark.parametrize('gb,repeats,process_count', [(12, 3, 2), (12, 3, 4),
+                                                      (8, 2, 2), (16, 4, 4)])
+def test_copies_share_a_step_and_land_on_different_processes(gb, repeats,
+                                                             process_count):
+    local, d = gb // process_count, gb // repeats
+    batches = global_steps(gb, repeats, process_count, 0, 3 * (N // gb))
+    for batch in batches:
+        images, counts = np.unique(batch, return_counts=True)
+        assert len(images) == d and set(counts) == {repeats}   # each exactly R times
+        for image in images:
+            rows = np.flatnonzero(batch == image)
+            np.testing.assert_array_equal(rows, np.arange(repeats) * d + rows[0])
+            if d >= local:   # one copy per process block
+                assert len(set(rows // local)) == repeats
+    # Within an epoch no image is drawn twice (apart from its copies).
+    epoch = batches[:N // gb, :d].ravel()
+    assert len(set(epoch)) == len(epoch) == (N // gb) * d
+
+
+@pytest.mark.parametrize('process_count', [2, 4])
+@pytest.mark.parametrize('start_step', [1, 5, 8, 9, 13])
+def test_a_resume_reads_the_uninterrupted_stream(process_count, start_step):
+    # 103 examples, batch 12: 8 steps an epoch, so 8, 9 and 13 lie past its end.
+    full = global_steps(12, 3, process_count, 0, 20)
+    resumed = global_steps(12, 3, process_count, start_step, 20 - start_step)
+    np.testing.assert_array_equal(resumed, full[start_step:])
+
+
+def old_epoch_indices(seed, num_examples, shard, epoch, offset):
+    """indexing.epoch_indices before repeated augmentation, verbatim."""
+    gb = shard.global_batch
+    steps = shard.steps_per_epoch(num_examples)
+    perm = indexing.epoch_permutation(seed, epoch, num_examples)[offset * gb:steps * gb]
+    return perm.reshape(-1, gb)[:, shard.rows]
+
+
+@pytest.mark.parametrize('repeated_augmentation', [0, 1])
+def test_off_is_byte_identical_to_before(repeated_augmentation):
+    from ml_collections import ConfigDict
+    config = ConfigDict({'batch_size': 8, 'repeated_augmentation': repeated_augmentation})
+    shard = Shard(8, 1, 2, repeats=config.repeated_augmentation or 1)
+    assert shard == Shard(8, 1, 2)
+    for epoch, offset in [(0, 0), (3, 5)]:
+        new = indexing.epoch_indices(SEED, N, shard, epoch, offset)
+        old = old_epoch_indices(SEED, N, shard, epoch, offset)
+        assert new.dtype == old.dtype and new.tobytes() == old.tobytes()
+
+
+def test_copies_get_different_augmentation_seeds():
+    # The augmentation seed of a row is its stream position (step * B + row).
+    gb, repeats, spe = 12, 3, N // 12
+    shards = [Shard(gb, p, 2, repeats) for p in range(2)]
+    idx = np.concatenate([indexing.epoch_indices(SEED, N, s, 1, 0) for s in shards], 1)
+    pos = np.concatenate([indexing.stream_positions(1, 0, spe, s) for s in shards], 1)
+    assert len(np.unique(pos)) == pos.size
+    for step_idx, step_pos in zip(idx, pos):
+        for image in np.unique(step_idx):
+            assert len(set(step_pos[step_idx == image])) == repeats
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(global_batch=8, repeats=3),
+     'repeated_augmentation=3 needs a batch_size divisible by 3, got 8'),
+    (dict(global_batch=8, repeats=-1), 'whole number of copies'),
+    (dict(global_batch=8, repeats=2.5), 'whole number of copies'),
+])
+def test_bad_values_are_one_sentence(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        Shard(**kwargs)
+
+
+def test_the_pipeline_reads_the_config_field():
+    from configs import common
+    c = common.base_config()
+    assert c.repeated_augmentation == 0
+    c.dataset, c.image_size, c.batch_size = 'digits', 8, 12
+    c.repeated_augmentation = 3
+    batch = next(create_input_pipeline(c).train_batches(0))
+    labels = batch['label'].reshape(3, 4)
+    assert (labels == labels[0]).all()
+    c.batch_size = 10
+    with pytest.raises(UserError, match='divisible by 3'):
+        create_input_pipeline(c)
