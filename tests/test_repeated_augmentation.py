@@ -106,3 +106,34 @@ def test_the_pipeline_reads_the_config_field():
     c.batch_size = 10
     with pytest.raises(UserError, match='divisible by 3'):
         create_input_pipeline(c)
+
+
+@pytest.mark.slow
+def test_digits_run_trains_and_a_resume_gives_the_same_eval(tmp_path, monkeypatch):
+    """The quickstart (shifts on, so each copy is augmented) with R=2 for 4 steps,
+    and the same run stopped after step 2 and resumed: the identical eval."""
+    import jax
+    import test_train_utils as tu
+    from configs import quickstart
+    from senet_jax import trainer
+    from senet_jax.errors import Preempted
+    config = quickstart.get_config()
+    config.update(dict(repeated_augmentation=2, num_train_steps=4, log_every_steps=1,
+                       checkpoint_every_steps=2, eval_every_steps=4))
+    whole, stopped = str(tmp_path / 'whole'), str(tmp_path / 'stopped')
+    result = trainer.train_and_evaluate(config, whole)
+    losses = [m['train_loss'] for m in tu.metrics(whole) if 'train_loss' in m]
+    assert len(losses) == 4 and np.isfinite(losses).all()
+    real = trainer.Preemption.reached
+    with monkeypatch.context() as m:
+        m.setattr(trainer.Preemption, 'reached',
+                  lambda self, step: step == 2 or real(self, step))
+        with pytest.raises(Preempted):
+            trainer.train_and_evaluate(config, stopped)
+    assert tu.checkpoint_steps(stopped) == [2]
+    resumed = trainer.train_and_evaluate(config, stopped)
+    assert (resumed['eval_loss'], resumed['eval_top1']) == (result['eval_loss'],
+                                                            result['eval_top1'])
+    for x, y in zip(jax.tree.leaves(tu.load_params(whole, 4)),
+                    jax.tree.leaves(tu.load_params(stopped, 4))):
+        np.testing.assert_array_equal(x, y)
