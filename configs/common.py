@@ -57,7 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Repeated augmentation (timm's RepeatAugSampler, ResNet Strikes Back A1/A2:
     # 3): each global batch holds batch_size / R distinct images, each R times
     # with its own augmentation, the copies spread over processes; an epoch keeps
-    # its steps (so sees ~1/R of the images). 0 or 1 = off. Not for tfds datasets.
+    # its steps (so sees ~1/R of the images). 0 or 1 = off. tfds datasets keep
+    # the copies within each process's batch (each process reads its own records).
     c.repeated_augmentation = 0
 
     # Optimisation: SGD + momentum, lr scaled linearly with the global batch.

@@ -32,9 +32,7 @@ to 224 / 0.95 with a bicubic filter before the centre crop (timm's eval
 transform, the pretrained configs of resnet50.a1_in1k and friends).
 
 The optimizer, loss, mixing, RandAugment, repeated augmentation and stochastic
-depth fields are read by the trainer where it implements them (repeated
-augmentation: not for tfds datasets, so A1/A2 on imagenet2012 need
-`--config.repeated_augmentation=0` or dataset=imagefolder); the published
+depth fields are read by the trainer where it implements them; the published
 ImageNet top-1 of resnet50 and seresnet50 under each procedure is in
 docs/training.md.
 """

@@ -269,6 +269,14 @@ def test_imagenet2012_through_mock_data():
         ev = list(p.eval_batches())
         assert len(ev) == p.num_eval_batches == 3  # 10 examples, batches of 4
         assert sum(b['mask'].sum() for b in ev) == 10
+        # Repeated augmentation through tfds' own reader: 2 records twice a batch.
+        cfg.repeated_augmentation = 2
+        p = data.create_input_pipeline(cfg)
+        full = _take(p.train_batches(0), 3)
+        for b in full:
+            np.testing.assert_array_equal(b['label'][:2], b['label'][2:])
+        for a, b in zip(full[1:], _take(p.train_batches(1), 2)):
+            np.testing.assert_array_equal(a['image'], b['image'])
 
 
 @pytest.mark.slow
