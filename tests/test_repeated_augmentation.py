@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from senet_jax.data import create_input_pipeline, indexing
+from senet_jax import data
+from senet_jax.data import Source, create_input_pipeline, indexing
 from senet_jax.data.indexing import Shard
 from senet_jax.errors import UserError
 
@@ -94,18 +95,75 @@ def test_bad_values_are_one_sentence(kwargs, message):
         Shard(**kwargs)
 
 
-def test_the_pipeline_reads_the_config_field():
+class ShardProbe(Source):
+    """A source that keeps the shard it is given."""
+    num_classes, num_train_examples, num_eval_examples = 10, 120, 12
+
+    def __init__(self, config, shard):
+        self.shard = shard
+        ShardProbe.last = self
+
+    def train_batches(self, start_step):
+        yield from ()
+
+    def eval_batches(self):
+        yield from ()
+
+
+def test_the_pipeline_reads_the_config_field(monkeypatch):
     from configs import common
     c = common.base_config()
     assert c.repeated_augmentation == 0
-    c.dataset, c.image_size, c.batch_size = 'digits', 8, 12
+    monkeypatch.setitem(data.SOURCES, 'probe', f'{__name__}:ShardProbe')
+    c.dataset, c.batch_size = 'probe', 12
+    create_input_pipeline(c)
+    assert ShardProbe.last.shard == Shard(12)
     c.repeated_augmentation = 3
-    batch = next(create_input_pipeline(c).train_batches(0))
-    labels = batch['label'].reshape(3, 4)
-    assert (labels == labels[0]).all()
+    create_input_pipeline(c, 1, 2)
+    assert ShardProbe.last.shard == Shard(12, 1, 2, repeats=3)
     c.batch_size = 10
     with pytest.raises(UserError, match='divisible by 3'):
         create_input_pipeline(c)
+
+
+def epoch_reading(perm, reads, repeats):
+    """What an epoch of a repeated-augmentation sampler reads, as properties
+    that do not depend on the random generator: (distinct images, samples)."""
+    perm = np.asarray(perm)
+    everything = np.concatenate(reads)
+    images, counts = np.unique(everything, return_counts=True)
+    k = len(images)
+    assert set(images) == set(perm[:k])               # a prefix of the permutation
+    count = dict(zip(images, counts))
+    assert all(count[i] == repeats for i in perm[:k - 1]) and count[perm[k - 1]] <= repeats
+    rank_of = [set(np.flatnonzero([i in set(r) for r in reads])) for i in perm[:k]]
+    assert all(len(r) == count[i] for r, i in zip(rank_of, perm[:k]))  # copies: other ranks
+    if len(reads) == repeats:   # as many ranks as copies: each rank reads the prefix
+        for r in reads:
+            np.testing.assert_array_equal(r[:k - 1], perm[:k - 1])
+    return k, len(everything)
+
+
+@pytest.mark.parametrize('case', range(6))
+def test_an_epoch_reads_as_timms_repeat_aug_sampler(case):
+    """timm's RepeatAugSampler (fixtures/repeat_aug.json, make_reference.py
+    repeat_aug) and ours, each with its own permutation: a prefix of it, each
+    image R times on R different ranks, about the dataset's length in samples
+    (timm rounds it to 256 images, we to whole global batches)."""
+    import json
+    import math
+    import os
+    with open(os.path.join(os.path.dirname(__file__), 'fixtures', 'repeat_aug.json')) as f:
+        c = json.load(f)['cases'][case]
+    n, repeats, ranks = c['n'], c['repeats'], c['ranks']
+    distinct, samples = epoch_reading(c['perm'], c['reads'], repeats)
+    assert n - 256 < samples <= n + ranks and distinct == math.ceil(samples / repeats)
+    gb = math.lcm(repeats, ranks)
+    ours = [indexing.epoch_indices(SEED, n, Shard(gb, p, ranks, repeats), c['epoch'], 0)
+            for p in range(ranks)]
+    distinct, samples = epoch_reading(indexing.epoch_permutation(SEED, c['epoch'], n),
+                                      [o.ravel() for o in ours], repeats)
+    assert n - gb < samples <= n and distinct == samples // repeats
 
 
 @pytest.mark.slow
@@ -120,6 +178,9 @@ def test_digits_run_trains_and_a_resume_gives_the_same_eval(tmp_path, monkeypatc
     config = quickstart.get_config()
     config.update(dict(repeated_augmentation=2, num_train_steps=4, log_every_steps=1,
                        checkpoint_every_steps=2, eval_every_steps=4))
+    batch = next(create_input_pipeline(config).train_batches(0))   # 32 digits twice
+    np.testing.assert_array_equal(batch['label'][:32], batch['label'][32:])
+    assert not np.array_equal(batch['image'][:32], batch['image'][32:])   # shifted apart
     whole, stopped = str(tmp_path / 'whole'), str(tmp_path / 'stopped')
     result = trainer.train_and_evaluate(config, whole)
     losses = [m['train_loss'] for m in tu.metrics(whole) if 'train_loss' in m]
