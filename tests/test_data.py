@@ -201,6 +201,11 @@ def test_imagefolder(tmp_path, caplog):
     source = data.source_class('imagefolder')(cfg, indexing.Shard(4))
     _assert_tpu_host_options(source.train_dataset(1, 2))
     _assert_tpu_host_options(source.eval_dataset(np.arange(4)))
+    # Repeated augmentation: 2 images twice a batch, each copy cropped on its own.
+    cfg.repeated_augmentation = 2
+    batch = next(data.create_input_pipeline(cfg).train_batches(0))
+    np.testing.assert_array_equal(batch['label'][:2], batch['label'][2:])
+    assert not np.array_equal(batch['image'][:2], batch['image'][2:])
 
 
 def test_imagefolder_undecodable_image_is_named(tmp_path):
