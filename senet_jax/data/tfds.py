@@ -14,6 +14,10 @@ being read): by arithmetic, ~5 GB per process at ImageNet's ~110 KB per JPEG
 and the default 16k; lower `shuffle_buffer` with several processes per host.
 Splits tfds knows no TFRecord files of (another file format,
 tfds.testing.mock_data) go through tfds' own reader, an epoch at a time.
+
+Repeated augmentation (config.repeated_augmentation = R) repeats each record R
+times within its process's batch, not across processes as the other sources do:
+sharing records across processes would have every process read them.
 """
 
 import difflib
@@ -139,8 +143,8 @@ def epoch_windows(file_sizes, per_window: int, seed: int, epoch, records: int,
     return windows.map(window)
 
 
-def repeat_copies(ds: tf.data.Dataset, shard: indexing.Shard,
-                  records: int) -> tf.data.Dataset:
+def repeat_within_process(ds: tf.data.Dataset, shard: indexing.Shard,
+                          records: int) -> tf.data.Dataset:
     """Repeated augmentation within this process's batch: each run of
     local_batch / R (record, position) elements becomes R copies, copy c of
     element i at c * (local_batch / R) + i, at position + c * `records` (the
@@ -161,7 +165,7 @@ class TfdsSource(Source):
     def __init__(self, config, shard: indexing.Shard):
         if shard.local_batch % shard.repeats:
             # Each process reads its own slice of the records, so its copies stay
-            # in its own batch (repeat_copies).
+            # in its own batch (repeat_within_process).
             raise UserError(f'repeated_augmentation={shard.repeats} with a tfds dataset '
                             'repeats images within each process\'s batch, so the '
                             f'per-process batch must be divisible by {shard.repeats}, '
@@ -229,7 +233,7 @@ class TfdsSource(Source):
         ds = windows.map(self._load_window).prefetch(1)
         ds = ds.flat_map(lambda records, positions: tf.data.Dataset.from_tensor_slices(
             (records, positions)))
-        ds = repeat_copies(ds, self.shard, self.steps_per_epoch * distinct)
+        ds = repeat_within_process(ds, self.shard, self.steps_per_epoch * distinct)
 
         def parse(record, position):
             ex = self.builder.info.features.deserialize_example(
@@ -277,7 +281,7 @@ class TfdsSource(Source):
         ds = ds.take(self.steps_per_epoch * distinct).skip(offset * distinct)
         ds = ds.enumerate(offset * distinct + indexing.process_epoch_offset(
             epoch, self.steps_per_epoch, self.shard)).map(lambda position, ex: (ex, position))
-        ds = repeat_copies(ds, self.shard, self.steps_per_epoch * distinct)
+        ds = repeat_within_process(ds, self.shard, self.steps_per_epoch * distinct)
 
         def parse(ex, position):
             seed = preprocess.example_seed(self.seed, position)
