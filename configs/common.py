@@ -54,6 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_classes = 0             # dataset=fake only (0 -> 1000)
     c.fake_num_examples = 0       # dataset=fake only (0 -> 100 batches)
     c.digits_max_shift = 0        # dataset=digits only: random shift, pixels
+    # Repeated augmentation (timm's RepeatAugSampler, ResNet Strikes Back A1/A2:
+    # 3): each global batch holds batch_size / R distinct images, each R times
+    # with its own augmentation, the copies spread over processes; an epoch keeps
+    # its steps (so sees ~1/R of the images). 0 or 1 = off. tfds datasets keep
+    # the copies within each process's batch (each process reads its own records).
+    c.repeated_augmentation = 0
 
     # Optimisation: SGD + momentum, lr scaled linearly with the global batch.
     c.batch_size = 1024  # global, over all devices and processes

@@ -7,8 +7,8 @@ The config argument is `a1|a2|a3[,MODEL][,local]`; MODEL defaults to se_resnet50
       --config.data_dir=/path/to/tensorflow_datasets
   python train.py --config=configs/rsb.py:a2,resnet50 --workdir=/tmp/resnet50_a2
   python train.py --config=configs/rsb.py:a3 --workdir=/tmp/se_resnet50_a3
-  # CPU smoke run: 4 steps of batch 8 on fake images (32 px; A3 evaluates at 45,
-  # its 160 -> 224 ratio), evaluated once:
+  # CPU smoke run: 4 steps of batch 8 (A1/A2: 12, 4 images x 3 repeats) on fake
+  # images (32 px; A3 evaluates at 45, its 160 -> 224 ratio), evaluated once:
   python train.py --config=configs/rsb.py:a3,local --workdir=/tmp/se_resnet50_a3_local
 
 Table 1 of the paper, procedure A1 / A2 / A3 (every value below is set in
@@ -109,4 +109,6 @@ def get_config(arg=''):
         # The procedure's train/test ratio kept (A3: 160 -> 224, so 32 -> 45).
         c.eval_image_size = round(LOCAL_SIZE * TEST_SIZE / train_size)
         c.warmup_epochs = 0.0   # 4 steps would all lie in the warmup, the first at rate 0
+        if c.repeated_augmentation > 1:   # A1/A2: 4 images x 3 copies a batch (not 8)
+            c.batch_size = 4 * c.repeated_augmentation
     return c

@@ -67,6 +67,8 @@ ADDED_FIELDS = {
     # EMA starts it from its weights (trainer.restore_or_init), as timm does.
     'eval_image_size': 0,
     'randaugment': '',   # RandAugment (off)
+    # Repeated augmentation (0: off).
+    'repeated_augmentation': 0,
 }
 _MESSAGE_BYTES = 2048  # process 0's verdict, broadcast to the others
 

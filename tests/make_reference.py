@@ -27,6 +27,9 @@ scikit-image's chelsea resized to 64x48 by PIL and timm's RandAugment ops applie
 to it one at a time at a fixed level (bilinear, timm's ImageNet-mean fill), each
 signed op once with each sign.
 
+`python tests/make_reference.py repeat_aug` stores, in fixtures/repeat_aug.json, what
+each rank of timm's RepeatAugSampler reads in two epochs, with the epoch's permutation.
+
 `python tests/make_reference.py attention` stores, in fixtures/attention.json, each
 attention block of `reference_weights.ATTENTION_CASES` against its timm module:
 seeded weights and input, the float64 output, and the gradient of <output, probe>
@@ -434,6 +437,35 @@ def make_recipes_aug():
     print('wrote', path, len(arrays) - 2, 'ops')
 
 
+# `repeat_aug`: timm's RepeatAugSampler, in fixtures/repeat_aug.json: for a few
+# (dataset length, repeats, ranks), each epoch's permutation and what each rank reads.
+REPEAT_AUG_CASES = [(103, 3, 3), (103, 2, 4), (600, 3, 4)]
+
+
+def make_repeat_aug():
+    timm = _import_timm()
+    from timm.data.distributed_sampler import RepeatAugSampler
+    cases = []
+    for n, repeats, ranks in REPEAT_AUG_CASES:
+        for epoch in (0, 1):
+            g = torch.Generator()
+            g.manual_seed(epoch)   # the sampler's own permutation of this epoch
+            perm = torch.randperm(n, generator=g).tolist()
+            reads = []
+            for rank in range(ranks):
+                sampler = RepeatAugSampler(list(range(n)), num_replicas=ranks, rank=rank,
+                                           num_repeats=repeats)
+                sampler.set_epoch(epoch)
+                reads.append(list(sampler))
+            cases.append({'n': n, 'repeats': repeats, 'ranks': ranks, 'epoch': epoch,
+                          'perm': perm, 'reads': reads})
+    path = os.path.join(os.path.dirname(OUT), 'repeat_aug.json')
+    with open(path, 'w') as f:
+        json.dump({'source': f'timm {timm.__version__}', 'cases': cases}, f,
+                  separators=(',', ':'))
+    print('wrote', path)
+
+
 if __name__ == '__main__':
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
@@ -447,6 +479,9 @@ if __name__ == '__main__':
         sys.exit()
     if sys.argv[1:] == ['recipes_batch']:
         make_recipes_batch()
+        sys.exit()
+    if sys.argv[1:] == ['repeat_aug']:
+        make_repeat_aug()
         sys.exit()
     if not sys.argv[1:]:
         make_pth()

@@ -183,8 +183,9 @@ def test_local_variant_fields(arg, monkeypatch):
         assert config.eval_image_size == (45 if ':a3' in arg else 32)
     num_classes = (365 if 'places365' in arg else 100 if 'cifar100' in arg
                    else 10 if 'cifar10' in arg else 1000)
+    batch = 12 if ':a1' in arg or ':a2' in arg else 8   # RSB A1/A2: 4 images x 3 repeats
     assert_fields(config, dict(LOCAL, model=full.model, image_size=size,
-                               num_classes=num_classes))
+                               num_classes=num_classes, batch_size=batch))
     for field in ('lr_schedule', 'lr_boundaries_steps', 'lr_boundaries_epochs',
                   'plateau_patience', 'weight_decay', 'nesterov', 'preprocess'):
         assert config[field] == full[field]

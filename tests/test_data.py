@@ -201,6 +201,11 @@ def test_imagefolder(tmp_path, caplog):
     source = data.source_class('imagefolder')(cfg, indexing.Shard(4))
     _assert_tpu_host_options(source.train_dataset(1, 2))
     _assert_tpu_host_options(source.eval_dataset(np.arange(4)))
+    # Repeated augmentation: 2 images twice a batch, each copy cropped on its own.
+    cfg.repeated_augmentation = 2
+    batch = next(data.create_input_pipeline(cfg).train_batches(0))
+    np.testing.assert_array_equal(batch['label'][:2], batch['label'][2:])
+    assert not np.array_equal(batch['image'][:2], batch['image'][2:])
 
 
 def test_imagefolder_undecodable_image_is_named(tmp_path):
@@ -269,6 +274,14 @@ def test_imagenet2012_through_mock_data():
         ev = list(p.eval_batches())
         assert len(ev) == p.num_eval_batches == 3  # 10 examples, batches of 4
         assert sum(b['mask'].sum() for b in ev) == 10
+        # Repeated augmentation through tfds' own reader: 2 records twice a batch.
+        cfg.repeated_augmentation = 2
+        p = data.create_input_pipeline(cfg)
+        full = _take(p.train_batches(0), 3)
+        for b in full:
+            np.testing.assert_array_equal(b['label'][:2], b['label'][2:])
+        for a, b in zip(full[1:], _take(p.train_batches(1), 2)):
+            np.testing.assert_array_equal(a['image'], b['image'])
 
 
 @pytest.mark.slow

@@ -263,3 +263,34 @@ def test_cifar_preprocessing_reads_the_same_windows(data_dir):
     resumed = _take(p.train_batches(p.steps_per_epoch - 1), 2)
     for a, b in zip(batches[-2:], resumed):
         np.testing.assert_array_equal(a['image'], b['image'])
+
+
+@pytest.mark.slow
+def test_repeated_augmentation_within_each_process(data_dir, monkeypatch):
+    """repeated_augmentation=2 on tfds: each process's batch of 4 holds 2 records
+    twice (copy c of record i at row 2c + i), each copy with its own seed; an
+    epoch keeps its 24 steps and reads 48 distinct records; resumable."""
+    import tensorflow as tf
+    from senet_jax.data.tfds import TfdsSource
+    original = TfdsSource.train_image
+
+    def marked(self, record, seed):   # channel 1 says the copy's seed
+        image = original(self, record, seed)
+        return tf.concat([image[..., :1], tf.fill(tf.shape(image[..., 1:2]), tf.cast(
+            seed[1] % 256, tf.uint8)), image[..., 2:]], -1)
+    monkeypatch.setattr(TfdsSource, 'train_image', marked)
+    p = data.create_input_pipeline(_config(data_dir, repeated_augmentation=2))
+    assert p.steps_per_epoch == N // 4
+    full = _take(p.train_batches(0), p.steps_per_epoch + 3)
+    ids = np.array([_ids(b) for b in full])
+    np.testing.assert_array_equal(ids[:, :2], ids[:, 2:])
+    assert len(set(ids[:24, :2].ravel())) == 48
+    seeds = np.array([b['image'][:, 0, 0, 1] for b in full[:24]])
+    assert len(set(seeds.ravel())) == 96   # every copy its own augmentation seed
+    for start in (5, 24, 25):
+        for a, b in zip(full[start:], _take(p.train_batches(start), 2)):
+            np.testing.assert_array_equal(a['image'], b['image'])
+    with pytest.raises(data.UserError, match='per-process batch must be divisible by 4, '
+                                             'got 6'):
+        data.create_input_pipeline(_config(data_dir, batch_size=12,
+                                           repeated_augmentation=4), 0, 2)

@@ -163,14 +163,16 @@ def test_allow_config_change_resumes_and_logs_the_change(caplog):
 
 def test_a_config_saved_before_a_field_existed_counts_its_old_value():
     saved = _identity()
-    for key in ('optimizer', 'loss', 'bce_target_threshold', 'mixup_alpha', 'cutmix_alpha'):
+    for key in ('optimizer', 'loss', 'bce_target_threshold', 'mixup_alpha', 'cutmix_alpha',
+                'repeated_augmentation'):
         del saved['config'][key]
     del saved['config']['model_overrides']['drop_path_rate']
     workdir_lib.check_resume(saved, _identity(), 'dir')   # the defaults: what it computed
     assert workdir_lib.config_changes(saved, _identity(
-        mixup_alpha=0.2, optimizer='lamb', **{'model_overrides.drop_path_rate': 0.1})) == [
+        mixup_alpha=0.2, optimizer='lamb', repeated_augmentation=2,
+        **{'model_overrides.drop_path_rate': 0.1})) == [
         ('mixup_alpha', 0.0, 0.2), ('model_overrides.drop_path_rate', None, 0.1),
-        ('optimizer', 'sgd', 'lamb')]
+        ('optimizer', 'sgd', 'lamb'), ('repeated_augmentation', 0, 2)]
 
 
 def test_checkpoints_without_a_config_are_checked_on_the_old_fields():

@@ -64,7 +64,8 @@ def source_class(dataset: str, preprocess: str = 'inception') -> type[Source]:
 def create_input_pipeline(config, process_index: int = 0,
                           process_count: int = 1) -> InputPipeline:
     """Builds the pipeline named by `config.dataset` for this process's slice."""
-    shard = Shard(config.batch_size, process_index, process_count)
+    shard = Shard(config.batch_size, process_index, process_count,
+                  repeats=config.get('repeated_augmentation', 0) or 1)
     source = source_class(config.dataset, config.get('preprocess', 'inception'))(
         config, shard)
     return InputPipeline(

@@ -2,6 +2,8 @@
 unless config.randaugment is set (then its ops run on each training batch, and
 their cost is measured with the rest)."""
 
+import logging
+
 import numpy as np
 
 from senet_jax.data import indexing
@@ -20,6 +22,10 @@ class FakeSource(Source):
         self.num_train_examples = config.get('fake_num_examples', 0) or gb * 100
         self.num_eval_examples = max(gb, self.num_train_examples // 10)
         shard.steps_per_epoch(self.num_train_examples, 'fake')
+        if shard.repeats > 1:   # accepted, so that a recipe's cost can be measured
+            logging.info('dataset=fake: repeated_augmentation=%d leaves the noise images '
+                         'as they are (no examples to repeat, no augmentation)',
+                         shard.repeats)
         self.seed, self.shard = config.seed, shard
         rng = np.random.default_rng([config.seed, shard.process_index])
         self.images = rng.integers(0, 256, size=(_POOL, shard.local_batch, s, s, 3),

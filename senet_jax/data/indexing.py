@@ -3,6 +3,13 @@ which step, and how evaluation covers every example exactly once.
 
 Pure numpy, no TensorFlow. A global batch is split into contiguous row blocks,
 one per process; a step's global batch never depends on the process count.
+
+Repeated augmentation (`Shard.repeats` = R > 1, timm's `RepeatAugSampler`): a
+global batch of B rows holds B/R distinct examples, each R times, copy c of
+example i at row c * (B/R) + i. The copies thus lie in different row blocks
+(different processes and devices) when B/R is at least the block, and each is
+augmented differently, its seed being its row's stream position. An epoch keeps
+its steps, so it visits about 1/R of the examples.
 """
 
 import dataclasses
@@ -20,15 +27,29 @@ class Shard:
     global_batch: int
     process_index: int = 0
     process_count: int = 1
+    # Training copies of each example in a global batch (repeated augmentation).
+    repeats: int = 1
 
     def __post_init__(self):
         if self.global_batch % self.process_count:
             raise UserError(f'batch_size {self.global_batch} is not divisible by '
                             f'the {self.process_count} processes')
+        if isinstance(self.repeats, bool) or not isinstance(
+                self.repeats, (int, np.integer)) or self.repeats < 1:
+            raise UserError('repeated_augmentation must be a whole number of copies '
+                            f'(0 or 1 = off), got {self.repeats!r}')
+        if self.global_batch % self.repeats:
+            raise UserError(f'repeated_augmentation={self.repeats} needs a batch_size '
+                            f'divisible by {self.repeats}, got {self.global_batch}')
 
     @property
     def local_batch(self) -> int:
         return self.global_batch // self.process_count
+
+    @property
+    def distinct(self) -> int:
+        """Distinct training examples in a global batch (B / repeats)."""
+        return self.global_batch // self.repeats
 
     @property
     def rows(self) -> slice:
@@ -66,11 +87,18 @@ def epochs_from(start_step: int, steps_per_epoch: int) -> Iterator[tuple[int, in
 def epoch_indices(seed: int, num_examples: int, shard: Shard, epoch: int,
                   offset: int) -> np.ndarray:
     """[steps, local_batch] example indices this process reads at steps
-    `offset`.. of `epoch`; every example at most once per epoch."""
-    gb = shard.global_batch
+    `offset`.. of `epoch`; every example at most once per epoch, or with
+    `shard.repeats` R > 1 exactly R times, all in one step."""
+    d = shard.distinct
     steps = shard.steps_per_epoch(num_examples)
-    perm = epoch_permutation(seed, epoch, num_examples)[offset * gb:steps * gb]
-    return perm.reshape(-1, gb)[:, shard.rows]
+    perm = epoch_permutation(seed, epoch, num_examples)[offset * d:steps * d]
+    return repeat_copies(perm.reshape(-1, d), shard.repeats)[:, shard.rows]
+
+
+def repeat_copies(batches: np.ndarray, repeats: int) -> np.ndarray:
+    """[steps, d] -> [steps, repeats * d]: copy c of column i at c * d + i, so
+    that the copies land in different contiguous row blocks."""
+    return np.tile(batches, (1, repeats))
 
 
 def stream_positions(epoch: int, offset: int, steps_per_epoch: int,

@@ -14,6 +14,10 @@ being read): by arithmetic, ~5 GB per process at ImageNet's ~110 KB per JPEG
 and the default 16k; lower `shuffle_buffer` with several processes per host.
 Splits tfds knows no TFRecord files of (another file format,
 tfds.testing.mock_data) go through tfds' own reader, an epoch at a time.
+
+Repeated augmentation (config.repeated_augmentation = R) repeats each record R
+times within its process's batch, not across processes as the other sources do:
+sharing records across processes would have every process read them.
 """
 
 import difflib
@@ -139,10 +143,33 @@ def epoch_windows(file_sizes, per_window: int, seed: int, epoch, records: int,
     return windows.map(window)
 
 
+def repeat_within_process(ds: tf.data.Dataset, shard: indexing.Shard,
+                          records: int) -> tf.data.Dataset:
+    """Repeated augmentation within this process's batch: each run of
+    local_batch / R (record, position) elements becomes R copies, copy c of
+    element i at c * (local_batch / R) + i, at position + c * `records` (the
+    records of a process's epoch), a seed no other element has: the epoch's
+    positions are `process_epoch_offset`'s steps * local_batch."""
+    r = shard.repeats
+    if r == 1:
+        return ds
+    ds = ds.batch(shard.local_batch // r, drop_remainder=True)
+    return ds.map(lambda record, position: (
+        tf.nest.map_structure(lambda t: tf.concat([t] * r, 0), record),
+        tf.concat([position + c * records for c in range(r)], 0))).unbatch()
+
+
 class TfdsSource(Source):
     """Each process reads its own contiguous slice of each split."""
 
     def __init__(self, config, shard: indexing.Shard):
+        if shard.local_batch % shard.repeats:
+            # Each process reads its own slice of the records, so its copies stay
+            # in its own batch (repeat_within_process).
+            raise UserError(f'repeated_augmentation={shard.repeats} with a tfds dataset '
+                            'repeats images within each process\'s batch, so the '
+                            f'per-process batch must be divisible by {shard.repeats}, '
+                            f'got {shard.local_batch}')
         self.builder = builder = tfds_builder(config.dataset, config.data_dir)
         # (places365_small's supervised keys add a third: the file name.)
         self.image_key, self.label_key = (builder.info.supervised_keys
@@ -195,19 +222,20 @@ class TfdsSource(Source):
         carry on across epoch boundaries."""
         # Each window: its files' records, read in parallel, shuffled whole.
         # One window is loaded ahead while the previous one is decoded.
-        local = self.shard.local_batch
+        distinct = self.shard.local_batch // self.shard.repeats
         epoch, offset = divmod(start_step, self.steps_per_epoch)
 
         def epoch_plan(e):
             first = indexing.process_epoch_offset(e, self.steps_per_epoch, self.shard)
-            skip = tf.cast(e == epoch, tf.int64) * (offset * local)
+            skip = tf.cast(e == epoch, tf.int64) * (offset * distinct)
             return epoch_windows(self.file_sizes, self.files_per_window, self.seed, e,
-                                 self.steps_per_epoch * local, skip, first)
+                                 self.steps_per_epoch * distinct, skip, first)
 
         windows = tf.data.Dataset.range(epoch, 2**62).flat_map(epoch_plan)
         ds = windows.map(self._load_window).prefetch(1)
         ds = ds.flat_map(lambda records, positions: tf.data.Dataset.from_tensor_slices(
             (records, positions)))
+        ds = repeat_within_process(ds, self.shard, self.steps_per_epoch * distinct)
 
         def parse(record, position):
             ex = self.builder.info.features.deserialize_example(
@@ -243,6 +271,7 @@ class TfdsSource(Source):
         tfds.testing.mock_data): built per epoch, and a resume reads the
         epoch's records before `offset` to skip them."""
         local = self.shard.local_batch
+        distinct = local // self.shard.repeats
         epoch_seed = self.seed * 100003 + epoch
         options = tf.data.Options()
         options.deterministic = True
@@ -251,11 +280,12 @@ class TfdsSource(Source):
             read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, options=options))
         ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed,
                         reshuffle_each_iteration=False)
-        ds = ds.take(self.steps_per_epoch * local).skip(offset * local)
-        ds = ds.enumerate(offset * local + indexing.process_epoch_offset(
-            epoch, self.steps_per_epoch, self.shard))
+        ds = ds.take(self.steps_per_epoch * distinct).skip(offset * distinct)
+        ds = ds.enumerate(offset * distinct + indexing.process_epoch_offset(
+            epoch, self.steps_per_epoch, self.shard)).map(lambda position, ex: (ex, position))
+        ds = repeat_within_process(ds, self.shard, self.steps_per_epoch * distinct)
 
-        def parse(position, ex):
+        def parse(ex, position):
             seed = preprocess.example_seed(self.seed, position)
             return self.train_image(ex[self.image_key], seed), ex[self.label_key]
 
