@@ -159,6 +159,7 @@ def test_places365_is_the_imagenet_recipe(model, monkeypatch):
     ('configs/places365.py:se_resnet50', "unknown model 'se_resnet50'"),
     ('configs/rsb.py:a4', "unknown procedure 'a4'"),
     ('configs/rsb.py', 'give a procedure of a1, a2, a3'),
+    ('configs/rsb.py:a3,local,digits', 'optionally a model and ",local" or ",digits"'),
     ('configs/rsb.py:a1,se_resnt50', "Unknown model 'se_resnt50'. Did you mean 'se_resnet50'")])
 def test_bad_table_arguments(arg, message, monkeypatch):
     with pytest.raises(flags.IllegalFlagValueError, match=message):
@@ -299,3 +300,23 @@ def test_rsb_procedures_are_table_1(procedure, monkeypatch):
     other = load(f'configs/rsb.py:{procedure},resnet50', monkeypatch)
     assert other.model == 'resnet50'
     assert_fields(other, dict(RSB, **RSB_TABLE[procedure]))
+
+
+@pytest.mark.parametrize('procedure', rsb.PROCEDURES)
+def test_rsb_digits_variant_is_the_recipe_on_the_quickstart(procedure, monkeypatch):
+    """The procedure's optimizer, loss, mixing and augmentation; the quickstart's
+    network, data, batch, schedule length and logging."""
+    config = load(f'configs/rsb.py:{procedure},digits', monkeypatch)
+    quick = load('configs/quickstart.py', monkeypatch)
+    recipe = {k: v for k, v in RSB.items() if not k.startswith(('eval_', 'dataset', 'batch'))
+              and k not in ('base_batch_size', 'warmup_epochs')}
+    table = {k: v for k, v in RSB_TABLE[procedure].items()
+             if k not in ('num_epochs', 'learning_rate', 'image_size')}
+    assert_fields(config, dict(recipe, **table, learning_rate=rsb.DIGITS_LR, eval_image_size=0))
+    same = ('model', 'dataset', 'image_size', 'digits_max_shift', 'base_batch_size',
+            'warmup_epochs', 'num_epochs', 'log_every_steps', 'eval_every_steps',
+            'checkpoint_every_steps')
+    assert_fields(config, {k: quick[k] for k in same})
+    # A1/A2: whole groups of 3 copies and an even batch for Mixup's pairs.
+    assert config.batch_size == (60 if procedure != 'a3' else 64)
+    assert load(f'configs/rsb.py:{procedure},resnet18,digits', monkeypatch).model == 'resnet18'

@@ -9,7 +9,6 @@ import functools
 import json
 import math
 import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -326,32 +325,37 @@ def test_bad_recipe_values_are_user_errors(override, message):
     assert message in str(e.value) and '\n' not in str(e.value)
 
 
-RECIPE = dict(num_train_steps=6, log_every_steps=1, checkpoint_every_steps=3, eval_every_steps=6,
-              optimizer='lamb', learning_rate=0.01, weight_decay=0.02, loss='bce',
-              bce_target_threshold=0.2, label_smoothing=0.1, mixup_alpha=0.2, cutmix_alpha=1.0,
-              mixup_mode='elem')
+# configs/rsb.py's A3 on the digits quickstart, with what A3 leaves out added (A1/A2's
+# repeated augmentation and drop path, an EMA) and Mixup/CutMix drawn per element.
+RECIPE = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=10',
+          '--config.eval_every_steps=40', '--config.log_every_steps=10',
+          '--config.batch_size=32', '--config.repeated_augmentation=2',
+          '--config.ema_decay=0.9', '--config.model_overrides.drop_path_rate=0.1',
+          '--config.mixup_mode=elem')
+RSB_DIGITS = os.path.join(tu.REPO, 'configs', 'rsb.py') + ':a3,digits'
 
 
 @pytest.mark.slow
-def test_recipe_trains_and_resumes_to_the_same_losses(tmp_path):
-    """The digits quickstart with LAMB, BCE, Mixup + CutMix and drop path: finite
-    losses, and a run resumed from step 3 redraws the same mixing and drop paths."""
-    from configs import quickstart
-    config = quickstart.get_config()
-    config.update(RECIPE)
-    config.model_overrides.drop_path_rate = 0.1
+def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
+    """LAMB, BCE, Mixup + CutMix, RandAugment, repeated augmentation, drop path
+    and EMA: a run killed after its first checkpoint and rerun ends with the
+    uninterrupted run's weights, EMA and evals (the mixing, augmentation and
+    drop-path draws are functions of (seed, step))."""
+    reference = str(tmp_path / 'reference')
+    tu.run(reference, *RECIPE, config=RSB_DIGITS)
+    lines = [m for m in tu.metrics(reference) if 'train_loss' in m]
+    assert [m['step'] for m in lines] == [10, 20, 30, 40]
+    assert all(math.isfinite(m['train_loss']) for m in lines)
     workdir = str(tmp_path / 'run')
-    result = trainer.train_and_evaluate(config, workdir)
-    lines = [m for m in tu.metrics(workdir) if 'train_loss' in m]
-    assert [m['step'] for m in lines] == [1, 2, 3, 4, 5, 6]
-    assert all(math.isfinite(m['train_loss']) and 0 <= m['train_top1'] <= 1 for m in lines)
-    assert math.isfinite(result['eval_loss'])
-    assert tu.checkpoint_steps(workdir) == [3, 6]
-    # Stopped after step 3: the newer checkpoint is gone, the rerun resumes at 3.
-    shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
-    trainer.train_and_evaluate(config, workdir)
-    again = [m for m in tu.metrics(workdir) if 'train_loss' in m]
-    assert [m['step'] for m in again] == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose([m['train_loss'] for m in again[3:]],
-                               [m['train_loss'] for m in lines[3:]], rtol=1e-6)
-    assert [m['train_top1'] for m in again] == [m['train_top1'] for m in lines]
+    proc = tu.start(workdir, *RECIPE, config=RSB_DIGITS)
+    tu.wait_for_checkpoint(proc, workdir)
+    proc.kill()
+    proc.communicate()
+    killed_at = tu.checkpoint_steps(workdir)[-1]
+    assert killed_at < 40, 'the run finished before it could be killed'
+    rerun = tu.run(workdir, *RECIPE, config=RSB_DIGITS)
+    assert f'resumed from checkpoint step {killed_at}' in rerun.stderr
+    want, got = tu.last_eval(reference), tu.last_eval(workdir)
+    assert {'eval_loss', 'ema_eval_loss', 'ema_eval_top1'} <= set(want)
+    assert {k: got[k] for k in want if 'eval' in k} == {k: want[k] for k in want if 'eval' in k}
+    tu.assert_trees_close(tu.load_params(workdir), tu.load_params(reference), atol=0)

@@ -46,15 +46,16 @@ def train_cmd(workdir, *overrides, config=QUICKSTART):
             f'--config={config}', f'--workdir={workdir}', *overrides]
 
 
-def start(workdir, *overrides, num_devices=None, extra=()):
-    return subprocess.Popen(train_cmd(workdir, *overrides) + list(extra),
+def start(workdir, *overrides, num_devices=None, extra=(), config=QUICKSTART):
+    return subprocess.Popen(train_cmd(workdir, *overrides, config=config) + list(extra),
                             cwd=REPO, env=env(num_devices),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def run(workdir, *overrides, num_devices=None, timeout=300, check=True):
-    p = subprocess.run(train_cmd(workdir, *overrides), cwd=REPO,
+def run(workdir, *overrides, num_devices=None, timeout=300, check=True,
+        config=QUICKSTART):
+    p = subprocess.run(train_cmd(workdir, *overrides, config=config), cwd=REPO,
                        env=env(num_devices), capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
