@@ -50,9 +50,10 @@ def _peak_flops(device):
     return None
 
 
-def jax_step(model_name, batch_size, image_size, mode, dtype, **overrides):
+def jax_step(model_name, batch_size, image_size, mode, dtype, recipe=None, **overrides):
     """(step_fn, forward_flops_per_image, compile_seconds) on the first device;
-    `overrides` go to `create_model`.
+    `overrides` go to `create_model`, `recipe` (config fields: optimizer, loss,
+    mixup_alpha, ...) to the training step's config.
 
     'train' is the trainer's own step (`trainer.compile_steps`), called as
     train_and_evaluate calls it: a uint8 batch normalised on device, the state
@@ -74,9 +75,9 @@ def jax_step(model_name, batch_size, image_size, mode, dtype, **overrides):
         run, compile_s = _infer_step(model, images)
     else:
         mesh = sharding.create_mesh(jax.devices()[:1])
-        config = ml_collections.ConfigDict(dict(
-            image_size=image_size, weight_decay=1e-4, momentum=0.9, nesterov=False,
-            label_smoothing=0.0))
+        config = ml_collections.ConfigDict({
+            **dict(image_size=image_size, weight_decay=1e-4, momentum=0.9, nesterov=False,
+                   label_smoothing=0.0), **(recipe or {})})
         learning_rate_fn = optax.constant_schedule(0.1)
         steps = trainer.compile_steps(config, model, trainer.create_optimizer(config, learning_rate_fn),
                                       mesh, num_classes=1000, learning_rate_fn=learning_rate_fn,
