@@ -1,6 +1,6 @@
 """Repeated augmentation (timm's RepeatAugSampler): each image's R copies in one
 global batch, spread over processes, each with its own augmentation seed, and a
-stream that a resume reproduces. Pure numpy, except the slow run at the end."""
+stream that a resume reproduces. Pure numpy."""
 
 import itertools
 
@@ -166,35 +166,13 @@ def test_an_epoch_reads_as_timms_repeat_aug_sampler(case):
     assert n - gb < samples <= n and distinct == samples // repeats
 
 
-@pytest.mark.slow
-def test_digits_run_trains_and_a_resume_gives_the_same_eval(tmp_path, monkeypatch):
-    """The quickstart (shifts on, so each copy is augmented) with R=2 for 4 steps,
-    and the same run stopped after step 2 and resumed: the identical eval."""
-    import jax
-    import test_train_utils as tu
+def test_a_digits_batch_holds_each_image_twice_augmented_apart():
+    """The quickstart (shifts on, so each copy is augmented) with R=2. A run with
+    R=2 that is SIGKILLed and resumed ends as the uninterrupted one:
+    test_recipes_batch.py::test_recipe_sigkilled_resumes_to_the_identical_eval."""
     from configs import quickstart
-    from senet_jax import trainer
-    from senet_jax.errors import Preempted
     config = quickstart.get_config()
-    config.update(dict(repeated_augmentation=2, num_train_steps=4, log_every_steps=1,
-                       checkpoint_every_steps=2, eval_every_steps=4))
+    config.repeated_augmentation = 2
     batch = next(create_input_pipeline(config).train_batches(0))   # 32 digits twice
     np.testing.assert_array_equal(batch['label'][:32], batch['label'][32:])
     assert not np.array_equal(batch['image'][:32], batch['image'][32:])   # shifted apart
-    whole, stopped = str(tmp_path / 'whole'), str(tmp_path / 'stopped')
-    result = trainer.train_and_evaluate(config, whole)
-    losses = [m['train_loss'] for m in tu.metrics(whole) if 'train_loss' in m]
-    assert len(losses) == 4 and np.isfinite(losses).all()
-    real = trainer.Preemption.reached
-    with monkeypatch.context() as m:
-        m.setattr(trainer.Preemption, 'reached',
-                  lambda self, step: step == 2 or real(self, step))
-        with pytest.raises(Preempted):
-            trainer.train_and_evaluate(config, stopped)
-    assert tu.checkpoint_steps(stopped) == [2]
-    resumed = trainer.train_and_evaluate(config, stopped)
-    assert (resumed['eval_loss'], resumed['eval_top1']) == (result['eval_loss'],
-                                                            result['eval_top1'])
-    for x, y in zip(jax.tree.leaves(tu.load_params(whole, 4)),
-                    jax.tree.leaves(tu.load_params(stopped, 4))):
-        np.testing.assert_array_equal(x, y)
