@@ -327,11 +327,12 @@ def test_bad_recipe_values_are_user_errors(override, message):
 
 # configs/rsb.py's A3 on the digits quickstart, with what A3 leaves out added (A1/A2's
 # repeated augmentation and drop path, an EMA) and Mixup/CutMix drawn per element.
-RECIPE = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=10',
-          '--config.eval_every_steps=40', '--config.log_every_steps=10',
-          '--config.batch_size=32', '--config.repeated_augmentation=2',
-          '--config.ema_decay=0.9', '--config.model_overrides.drop_path_rate=0.1',
-          '--config.mixup_mode=elem')
+RECIPE = dict(num_train_steps=40, checkpoint_every_steps=10, eval_every_steps=40,
+              log_every_steps=10, batch_size=32, repeated_augmentation=2, ema_decay=0.9,
+              mixup_mode='elem')
+DROP_PATH = 0.1
+RECIPE_FLAGS = ([f'--config.{k}={v}' for k, v in RECIPE.items()]
+                + [f'--config.model_overrides.drop_path_rate={DROP_PATH}'])
 RSB_DIGITS = os.path.join(tu.REPO, 'configs', 'rsb.py') + ':a3,digits'
 
 
@@ -341,19 +342,23 @@ def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
     and EMA: a run killed after its first checkpoint and rerun ends with the
     uninterrupted run's weights, EMA and evals (the mixing, augmentation and
     drop-path draws are functions of (seed, step))."""
-    reference = str(tmp_path / 'reference')
-    tu.run(reference, *RECIPE, config=RSB_DIGITS)
+    reference = str(tmp_path / 'reference')   # in process: the same program, one start-up less
+    from configs import rsb
+    config = rsb.get_config('a3,digits')
+    config.update(RECIPE)
+    config.model_overrides.drop_path_rate = DROP_PATH
+    trainer.train_and_evaluate(config, reference)
     lines = [m for m in tu.metrics(reference) if 'train_loss' in m]
     assert [m['step'] for m in lines] == [10, 20, 30, 40]
     assert all(math.isfinite(m['train_loss']) for m in lines)
     workdir = str(tmp_path / 'run')
-    proc = tu.start(workdir, *RECIPE, config=RSB_DIGITS)
+    proc = tu.start(workdir, *RECIPE_FLAGS, config=RSB_DIGITS)
     tu.wait_for_checkpoint(proc, workdir)
     proc.kill()
     proc.communicate()
     killed_at = tu.checkpoint_steps(workdir)[-1]
     assert killed_at < 40, 'the run finished before it could be killed'
-    rerun = tu.run(workdir, *RECIPE, config=RSB_DIGITS)
+    rerun = tu.run(workdir, *RECIPE_FLAGS, config=RSB_DIGITS)
     assert f'resumed from checkpoint step {killed_at}' in rerun.stderr
     want, got = tu.last_eval(reference), tu.last_eval(workdir)
     assert {'eval_loss', 'ema_eval_loss', 'ema_eval_top1'} <= set(want)
