@@ -12,6 +12,16 @@ def eval_image_size(config) -> int:
     return config.get('eval_image_size', 0) or config.image_size
 
 
+def batch_randaugment(config, shard) -> Callable | None:
+    """For the numpy sources (digits, fake): (uint8 batch, step) -> the batch with
+    config.randaugment applied row by row (randaugment.batch_augmenter); None
+    when the field is off. TensorFlow is imported only when on."""
+    if not config.get('randaugment', ''):
+        return None
+    from senet_jax.data import randaugment
+    return randaugment.batch_augmenter(config.randaugment, config.seed, shard)
+
+
 class Source(abc.ABC):
     """A dataset seen by one process: its sizes and its two streams.
 

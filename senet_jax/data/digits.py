@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from senet_jax.data import indexing
-from senet_jax.data.base import Source, eval_image_size
+from senet_jax.data.base import Source, batch_randaugment, eval_image_size
 from senet_jax.errors import UserError
 
 
@@ -86,11 +86,7 @@ class DigitsSource(Source):
         shard.steps_per_epoch(self.num_train_examples, 'digits')
         self.seed, self.shard = config.seed, shard
         self.max_shift = config.get('digits_max_shift', 0)
-        self.randaugment = None
-        if config.get('randaugment', ''):
-            from senet_jax.data import randaugment   # TensorFlow only when on
-            self.randaugment = randaugment.batch_augmenter(config.randaugment,
-                                                           self.seed, shard)
+        self.randaugment = batch_randaugment(config, shard)
 
     def train_batches(self, start_step):
         for step, idx in indexing.train_index_batches(

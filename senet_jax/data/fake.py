@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from senet_jax.data import indexing
-from senet_jax.data.base import Source, eval_image_size
+from senet_jax.data.base import Source, batch_randaugment, eval_image_size
 
 # A small pool of distinct batches, cycled: generating fresh random images
 # every step would measure numpy, not the model.
@@ -33,11 +33,7 @@ class FakeSource(Source):
         e = eval_image_size(config)   # eval_image_size: eval images of their own
         self.eval_images = self.images if e == s else rng.integers(
             0, 256, size=(_POOL, shard.local_batch, e, e, 3), dtype=np.uint8)
-        self.randaugment = None
-        if config.get('randaugment', ''):
-            from senet_jax.data import randaugment   # TensorFlow only when on
-            self.randaugment = randaugment.batch_augmenter(config.randaugment,
-                                                           config.seed, shard)
+        self.randaugment = batch_randaugment(config, shard)
 
     def _labels(self, step, stream):
         rng = np.random.default_rng([self.seed, step, stream])

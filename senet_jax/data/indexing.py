@@ -106,10 +106,15 @@ def stream_positions(epoch: int, offset: int, steps_per_epoch: int,
     """[steps, local_batch] positions in the whole training stream (step *
     global_batch + row) of this process's examples at steps `offset`.. of
     `epoch`: a per-example augmentation seed independent of the process count."""
-    steps = np.arange(epoch * steps_per_epoch + offset,
-                      (epoch + 1) * steps_per_epoch)
-    return steps[:, None] * shard.global_batch + np.arange(shard.rows.start,
-                                                           shard.rows.stop)
+    return step_positions(np.arange(epoch * steps_per_epoch + offset,
+                                    (epoch + 1) * steps_per_epoch), shard)
+
+
+def step_positions(step, shard: Shard) -> np.ndarray:
+    """[..., local_batch] stream positions (step * global_batch + row) of this
+    process's rows at `step` (an int, or an array of steps)."""
+    return (np.asarray(step)[..., None] * shard.global_batch
+            + np.arange(shard.rows.start, shard.rows.stop))
 
 
 def process_epoch_offset(epoch: int, steps_per_epoch: int, shard: Shard) -> int:

@@ -20,6 +20,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from senet_jax.data import indexing
 from senet_jax.errors import UserError
 
 # timm's hparams['img_mean'] from the train transform: round(255 * ImageNet mean).
@@ -327,8 +328,8 @@ def augment(image, example_seed, policy: Policy, fill=FILL):
 
 def example_seeds(seed: int, step: int, shard) -> np.ndarray:
     """int64 [local_batch, 2]: (run seed, stream position) of this process's rows
-    at `step`, the positions of indexing.stream_positions."""
-    positions = step * shard.global_batch + np.arange(shard.rows.start, shard.rows.stop)
+    at `step`."""
+    positions = indexing.step_positions(step, shard)
     return np.stack([np.full_like(positions, seed), positions], -1).astype(np.int64)
 
 
