@@ -1,7 +1,8 @@
 """metrics.jsonl and TensorBoard events in the workdir, local or gs://.
 
 Process 0 writes them. A local workdir is written in place: metrics.jsonl is
-appended to, and clu writes the events file there.
+appended to, and TensorBoard's own event-file writer writes the events file
+there (TensorBoardScalars).
 
 A GCS object cannot be appended to, so for a gs:// workdir both files are
 written in a local staging folder and each changed one is uploaded whole,
@@ -18,15 +19,20 @@ cut off by a killed run is dropped when the next run opens the file, with the
 lines of the steps after the checkpoint it resumes from (they are redone).
 """
 
+import io
+import itertools
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 
 import jax
 from absl import logging
-from clu import metric_writers
 from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from senet_jax.checkpoint import is_remote, user_path
 from senet_jax.errors import WriteFailed, write_error_kind
@@ -53,22 +59,23 @@ class MetricsLog:
                     (self.workdir / JSONL).read_bytes())
         cut_back(str(self.local / JSONL), after_step)
         self._uploaded = {}  # file name -> size last uploaded
-        # The console line is ours (see the loop); clu writes TensorBoard events.
-        self.writer = metric_writers.AsyncWriter(
-            metric_writers.SummaryWriter(str(self.local)))
+        self.writer = TensorBoardScalars(str(self.local))
 
     def write(self, step: int, scalars: dict):
         if not self.primary:
             return
-        self.writer.write_scalars(step, scalars)
         line = json.dumps({'step': step, **scalars}) + '\n'
         try:
             append_whole(str(self.local / JSONL), line.encode())
         except OSError as e:
             raise WriteFailed('metrics', self.workdir / JSONL, e,
                               kept='it keeps every line written before') from None
+        try:
+            self.writer.write_scalars(step, scalars)
+        except OSError as e:
+            raise WriteFailed('TensorBoard events', self.workdir / self.writer.name, e,
+                              kept='it keeps every event written before') from None
         if self.staging is not None:
-            self.writer.flush()
             self._upload()
 
     def _upload(self):
@@ -89,18 +96,40 @@ class MetricsLog:
     def close(self):
         if self.writer is None:
             return
-        writer, self.writer = self.writer, None
-        try:
-            writer.flush()
-            writer.close()
-        except Exception as e:  # pylint: disable=broad-except
-            if write_error_kind(e) is None:
-                raise
-            logging.warning('the TensorBoard events in %s could not be written: '
-                            '%s', self.local, e)
+        self.writer = None
         if self.staging is not None:
             self._upload()
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class TensorBoardScalars:
+    """Scalars as a TensorBoard events file, in TensorBoard's own record format
+    (tensorboard.summary.writer.record_writer) and event protos, each event
+    appended whole (append_whole). TensorBoard's EventFileWriter, like clu's
+    and TensorFlow's writers, imports TensorFlow when it is installed: seconds
+    of CPU at every start, and on a GPU a second cuDNN (docs/accelerators.md)."""
+
+    _count = itertools.count()  # two logs of one process in one second: two files
+
+    def __init__(self, logdir: str):
+        self.name = 'events.out.tfevents.%d.%s.%d.%d.v2' % (
+            time.time(), socket.gethostname(), os.getpid(), next(self._count))
+        self.path = os.path.join(logdir, self.name)
+        self.started = False
+
+    def write_scalars(self, step: int, scalars: dict):
+        """Appends one event (after the file's version record, first time)."""
+        if not self.started:
+            self._append(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+            self.started = True
+        self._append(event_pb2.Event(step=step, wall_time=time.time(), summary=summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+                   for tag, value in scalars.items()])))
+
+    def _append(self, event):
+        record = io.BytesIO()
+        RecordWriter(record).write(event.SerializeToString())
+        append_whole(self.path, record.getvalue())
 
 
 def append_whole(path: str, data: bytes):

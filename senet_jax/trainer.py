@@ -36,7 +36,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from senet_jax import checkpoint as checkpoint_lib
@@ -520,34 +519,24 @@ class ProgressLog:
         self.metrics_log.write(step, scalars)
 
 
-class _Due(periodic_actions.PeriodicAction):
-    """clu's trigger arithmetic (every N steps, and on the given steps); the
-    loop does the work when it says so."""
-
-    def _apply(self, step, t):
-        pass
-
-
 class Schedule:
     """Which periodic work a step is due for: (log, eval, checkpoint).
 
     Intervals of 0 mean once per epoch; the last step does all three; an eval
-    step is also a checkpoint step.
+    step is also a checkpoint step. Steps are counted from 0, so a resumed run
+    keeps the uninterrupted run's log, eval and checkpoint steps. (clu's
+    PeriodicAction has this arithmetic, but importing clu.periodic_actions
+    imports TensorFlow: seconds at every start, and on a GPU a second cuDNN.)
     """
 
-    def __init__(self, config, steps_per_epoch: int, total_steps: int,
-                 start_step: int):
-        def due(n):
-            action = _Due(every_steps=n if n > 0 else steps_per_epoch,
-                          on_steps=[total_steps])
-            action(start_step)  # clu's first call starts the count, never triggers
-            return action
-        self._log = due(config.log_every_steps)
-        self._eval = due(config.eval_every_steps)
-        self._ckpt = due(config.checkpoint_every_steps)
+    def __init__(self, config, steps_per_epoch: int, total_steps: int):
+        every = lambda n: n if n > 0 else steps_per_epoch  # noqa: E731
+        self._every = (every(config.log_every_steps), every(config.eval_every_steps),
+                       every(config.checkpoint_every_steps))
+        self._last = total_steps
 
     def __call__(self, step: int):
-        log, ev, ckpt = self._log(step), self._eval(step), self._ckpt(step)
+        log, ev, ckpt = (step % n == 0 or step == self._last for n in self._every)
         return log, ev, ev or ckpt
 
 
@@ -727,8 +716,7 @@ def train(run: Run, state, start_step: int, ckpts, metrics_log,
     progress = ProgressLog(metrics_log, run.total_steps, config.batch_size,
                            config.skip_nonfinite_steps)
     metrics = StepMetrics(config.skip_nonfinite_steps, ckpts)
-    due = Schedule(config, run.pipeline.steps_per_epoch, run.total_steps,
-                   start_step)
+    due = Schedule(config, run.pipeline.steps_per_epoch, run.total_steps)
     batches = prefetch(run.pipeline.train_batches(start_step), run.mesh)
     last_eval = {}
     with Preemption() as preemption:

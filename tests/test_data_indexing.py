@@ -119,12 +119,13 @@ def test_pad_batches_pads_and_appends_masked_batches():
 
 
 @pytest.mark.slow
-def test_model_zoo_digits_and_fake_do_not_import_tensorflow():
-    code = '''
+def test_model_zoo_digits_fake_and_the_trainer_do_not_import_tensorflow(tmp_path):
+    code = f'''
 import sys
 import ml_collections
 import senet_jax, senet_jax.models
-from senet_jax import data
+from senet_jax import data, metrics_log, trainer
+metrics_log.MetricsLog({str(tmp_path)!r}).write(1, {{'train_loss': 2.5}})
 from senet_jax.data import digits, fake
 cfg = ml_collections.ConfigDict(dict(dataset='digits', data_dir='', batch_size=8,
     image_size=16, seed=0, num_classes=0, fake_num_examples=0))
@@ -132,7 +133,8 @@ for name in ('digits', 'fake'):
     cfg.dataset = name
     p = data.create_input_pipeline(cfg)
     next(p.train_batches(0)), next(p.eval_batches())
-print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tensorflow_datasets'}))
+    assert not data.uses_tensorflow(cfg)
+print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'tensorflow', 'tensorflow_datasets'}}))
 '''
     out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                          text=True, check=True, cwd=REPO)

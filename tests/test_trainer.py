@@ -45,6 +45,14 @@ def _no_traceback(proc):
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
 
 
+def tensorboard_scalars(path):
+    """(step, tag, value) of each scalar in an events file, read by TensorBoard."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+    return [(e.step, v.tag, float(tensor_util.make_ndarray(v.tensor)))
+            for e in EventFileLoader(path).Load() for v in e.summary.value]
+
+
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     workdir = str(tmp_path / 'quickstart')
@@ -60,7 +68,10 @@ def test_quickstart_end_to_end(tmp_path):
     assert {'eval_loss', 'eval_top1', 'eval_top5'} <= set(evals[0])
     assert evals[-1]['eval_top1'] >= 0.97, evals[-1]
     assert evals[-1]['eval_examples'] == 360
-    assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+    # The TensorBoard events hold every line's scalars, as TensorBoard reads them.
+    [events] = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+    assert tensorboard_scalars(os.path.join(workdir, events)) == [
+        (m['step'], k, pytest.approx(v, rel=1e-6)) for m in lines for k, v in m.items() if k != 'step']
     # A rerun of the finished run exits at once, without training.
     start = time.time()
     again = tu.run(workdir)

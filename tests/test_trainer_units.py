@@ -189,14 +189,14 @@ def test_evaluate_only_scores_init_from_weights(run, tmp_path):
 def test_schedule_intervals_epochs_and_the_last_step():
     config = tiny_config(log_every_steps=2, eval_every_steps=0,
                          checkpoint_every_steps=3)
-    due = trainer.Schedule(config, steps_per_epoch=4, total_steps=9, start_step=0)
+    due = trainer.Schedule(config, steps_per_epoch=4, total_steps=9)
     got = {step: due(step) for step in range(1, 10)}
     assert [s for s, (log, _, _) in got.items() if log] == [2, 4, 6, 8, 9]
     assert [s for s, (_, ev, _) in got.items() if ev] == [4, 8, 9]
     assert [s for s, (_, _, ck) in got.items() if ck] == [3, 4, 6, 8, 9]
-    # A resumed run counts from where it starts.
-    due = trainer.Schedule(config, 4, 9, start_step=5)
-    assert due(6)[0] and not due(7)[0]
+    # A resumed run keeps the uninterrupted run's steps.
+    due = trainer.Schedule(config, 4, 9)
+    assert due(6) == (True, False, True) and due(7) == (False, False, False)
 
 
 class _Log:

@@ -1,5 +1,6 @@
 """Writes land whole or not at all: metrics.jsonl a line at a time (cut back on
-resume), the analysis figure a file at a time; a failed one is named."""
+resume), the TensorBoard events an event at a time, the analysis figure a file
+at a time; a failed one is named."""
 
 import errno
 import json
@@ -8,7 +9,7 @@ import os
 import pytest
 
 from senet_jax.errors import WriteFailed, write_error_kind
-from senet_jax.metrics_log import append_whole, cut_back
+from senet_jax.metrics_log import MetricsLog, append_whole, cut_back
 
 
 def _write(path, *steps, tail=b''):
@@ -39,6 +40,30 @@ def test_a_write_failing_half_way_leaves_the_file_as_it_was(tmp_path, monkeypatc
     assert _steps(path) == [1, 2]
     append_whole(path, b'{"step": 3}\n')
     assert _steps(path) == [1, 2, 3]
+
+
+def test_an_events_write_failing_half_way_is_named_and_the_file_keeps_its_events(
+        tmp_path, monkeypatch):
+    log = MetricsLog(str(tmp_path))
+    log.write(1, {'train_loss': 2.5})
+    events = tmp_path / log.writer.name
+    size = events.stat().st_size
+    real = os.write
+
+    def half_then_full(fd, data):
+        if os.readlink(f'/proc/self/fd/{fd}') == str(events):
+            real(fd, bytes(data)[:7])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+    monkeypatch.setattr(os, 'write', half_then_full)
+    with pytest.raises(WriteFailed, match=r'^cannot write TensorBoard events .*events\.out\.tfevents'
+                       r'.*: no space left on the device \(.* MB free\); it keeps every event'):
+        log.write(2, {'train_loss': 2.0})
+    monkeypatch.undo()
+    assert events.stat().st_size == size
+    log.write(2, {'train_loss': 2.0})
+    assert events.stat().st_size > size
+    log.close()
 
 
 def test_cut_off_line_and_the_steps_after_a_resume_are_dropped(tmp_path):

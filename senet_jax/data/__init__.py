@@ -61,6 +61,12 @@ def source_class(dataset: str, preprocess: str = 'inception') -> type[Source]:
     return getattr(importlib.import_module(module), cls)
 
 
+def uses_tensorflow(config) -> bool:
+    """Whether the config's input pipeline runs TensorFlow on the host: every
+    source but digits and fake does, and RandAugment does on any."""
+    return config.dataset not in ('digits', 'fake') or bool(config.get('randaugment', ''))
+
+
 def create_input_pipeline(config, process_index: int = 0,
                           process_count: int = 1) -> InputPipeline:
     """Builds the pipeline named by `config.dataset` for this process's slice."""
