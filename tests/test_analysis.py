@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reference_weights import shallowest
+from reference_weights import random_variables, shallowest
 from senet_jax import analysis
 from senet_jax.models import create_model
 
@@ -276,7 +276,7 @@ def test_gate_statistics_of_every_family_in_depth_order(name, size, first, last,
     # and block8, which a sort of the names would reverse (one unit of each kind
     # here: the order is the claim, not the depth).
     model = create_model(name, num_classes=3, **shallowest(name))
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    variables = random_variables(model, jnp.zeros((1, size, size, 3)))
     blocks = analysis.se_blocks(variables, model)
     assert (len(blocks), blocks[0], blocks[-1]) == (count, first, last)
     images = np.random.default_rng(0).integers(0, 256, (6, size, size, 3)).astype(np.uint8)

@@ -16,22 +16,12 @@ import optax
 import pytest
 from jax import export
 
-from reference_weights import shallowest
+from reference_weights import random_variables, shallowest
 from senet_jax import sharding as sharding_lib
 from senet_jax import trainer
 from senet_jax.models import create_model
 
 FORMS = ('plain', 'cpu', 'auto')
-
-
-def _perturbed(variables, seed=0):
-    """Every parameter and statistic moved off its initial value (a zero BN scale
-    would leave a residual branch without gradient, so nothing to compare)."""
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    moved = jax.tree.unflatten(treedef, [v + 0.2 * jax.random.normal(k, v.shape, v.dtype)
-                                         for v, k in zip(leaves, keys)])
-    return {**moved, 'batch_stats': jax.tree.map(jnp.abs, moved['batch_stats'])}   # var > 0
 
 
 def _run(name, kernels, size, batch):
@@ -40,9 +30,12 @@ def _run(name, kernels, size, batch):
     stage's first unit holds every layer kind the deeper ones repeat)."""
     model = create_model(name, num_classes=7, dtype=jnp.float64, param_dtype=jnp.float64,
                          drop_rate=0.0, kernels=kernels, **shallowest(name))
-    x = jax.random.normal(jax.random.key(1), (batch, size, size, 3), jnp.float64)
-    variables = _perturbed(jax.jit(model.init)(jax.random.key(0), x))
-    weights = jax.random.normal(jax.random.key(2), (batch, 7), jnp.float64)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(batch, size, size, 3)))
+    # Generic values (not the init's: a zero BN scale would leave a residual branch
+    # without gradient, so nothing to compare), the same for every form.
+    variables = random_variables(model, x)
+    weights = jnp.asarray(rng.normal(size=(batch, 7)))
 
     def loss(params):
         logits, new = model.apply({**variables, 'params': params}, x, train=True,
@@ -75,7 +68,8 @@ def _assert_close(got, want, rtol):
 def test_every_form_gives_the_same_outputs_gradients_and_statistics(name, size, batch):
     with jax.enable_x64(True):
         results = {kernels: _run(name, kernels, size, batch) for kernels in FORMS}
-    # The same variables, whatever the form: names, shapes and initial values.
+    # The same variables, whatever the form: names, shapes and dtypes (the initial
+    # values: test_every_form_initializes_the_same_values).
     for kernels in ('cpu', 'auto'):
         _assert_close(results[kernels]['variables'], results['plain']['variables'], 0)
     # float64 keeps rounding out of the way: a BN over a few values per channel
@@ -86,6 +80,14 @@ def test_every_form_gives_the_same_outputs_gradients_and_statistics(name, size, 
     _assert_close(results['cpu'], results['plain'], 1e-9)
     # 'auto' on this CPU is the CPU form, to the last bit.
     _assert_close(results['auto'], results['cpu'], 0)
+
+
+@pytest.mark.slow
+def test_every_form_initializes_the_same_values():
+    x = jnp.zeros((1, 16, 16, 3))
+    init = {kernels: jax.jit(create_model('se_resnet_mini', kernels=kernels).init)(
+        jax.random.key(0), x) for kernels in ('plain', 'cpu')}
+    _assert_close(init['cpu'], init['plain'], 0)
 
 
 def test_kernels_is_a_validated_model_option():
