@@ -135,9 +135,9 @@ def test_gate_study_starts_with_a_trainable_branch(gate):
     def branch_grad(zero_init_last):
         model = create_model('se_resnet_mini', num_classes=10, gate=gate,
                              zero_init_last=zero_init_last)
-        variables = model.init(jax.random.key(0), x)
+        variables = jax.jit(model.init)(jax.random.key(0), x)
         loss = lambda p: model.apply({**variables, 'params': p}, x).sum()
-        grads = jax.grad(loss)(variables['params'])
+        grads = jax.jit(jax.grad(loss))(variables['params'])
         return float(jnp.abs(grads['stage4_block0']['conv1']['kernel']).sum())
 
     assert branch_grad(zero_init_last=True) > 0.0

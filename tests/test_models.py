@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reference_weights import random_variables
 from senet_jax import ResNet, SqueezeExcite, create_model, list_models, reduced_width
 from senet_jax.models import SE_POSITIONS, min_input_size, model_spec
 
@@ -109,8 +110,8 @@ def test_se_stages_place_se_where_asked(stages):
 def test_gates_are_sown_for_analysis():
     model = create_model('se_resnet_mini', num_classes=10)
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
-    variables = model.init(jax.random.key(1), x)
-    _, state = model.apply(variables, x, mutable=['intermediates'])
+    variables = random_variables(model, x)
+    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
     gates = {k: v['se']['gate'][0] for k, v in state['intermediates'].items()}
     assert sorted(gates) == ['stage2_block0', 'stage3_block0', 'stage4_block0', 'stage5_block0']
     assert gates['stage5_block0'].shape == (3, 128)
@@ -145,8 +146,8 @@ def test_bfloat16_compute_stays_close_to_float32():
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     f32 = create_model('se_resnet50', num_classes=10, zero_init_last=False, **TINY)
     bf16 = create_model('se_resnet50', num_classes=10, zero_init_last=False, dtype=jnp.bfloat16, **TINY)
-    variables = f32.init(jax.random.key(1), x)
-    a, b = f32.apply(variables, x), bf16.apply(variables, x)
+    variables = random_variables(f32, x)
+    a, b = (jax.jit(m.apply)(variables, x) for m in (f32, bf16))
     assert b.dtype == jnp.float32   # logits come back in float32 for the loss
     assert jax.tree.leaves(variables['params'])[0].dtype == jnp.float32
     assert float(jnp.abs(a - b).max() / jnp.abs(a).max()) < 3e-2
@@ -304,8 +305,9 @@ def test_fused_se_block_equals_the_steps_spelled_out(bottleneck):
 def test_fuse_se_is_a_model_option():
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
     fused, plain = (create_model('se_resnet_mini', num_classes=10, fuse_se=f) for f in (True, False))
-    v = plain.init(jax.random.key(1), x)
-    got, want = (m.apply(v, x, train=True, mutable=['batch_stats'])[0] for m in (fused, plain))
+    v = random_variables(plain, x)
+    got, want = (jax.jit(lambda v, x, m=m: m.apply(v, x, train=True, mutable=['batch_stats'])[0])(v, x)
+                 for m in (fused, plain))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # Spelled out, the last BN's output can be captured as it is.
     _, state = plain.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
