@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import save_file
 
-from reference_weights import random_input, random_state_dict, shallowest
+from reference_weights import random_input, random_state_dict, random_variables, shallowest
 from senet_jax import SqueezeExcite, create_model, list_models, load_pretrained, to_nnx
 from senet_jax.models import min_input_size, model_spec
 from senet_jax.convert import main as convert_main
@@ -35,16 +35,6 @@ def train_step(net, optimizer, images, labels):
     loss, grads = nnx.value_and_grad(loss_fn)(net, images, labels)
     optimizer.update(net, grads)
     return loss
-
-
-def random_variables(model, x, seed=0):
-    """Variables of `model` drawn with numpy (compiling a jax init costs seconds), with
-    running statistics away from their (0, 1) start, so that eval mode shows them."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype) if path[-1].key == 'var'
-        else (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
 @pytest.mark.slow
@@ -87,7 +77,7 @@ def test_one_nnx_training_step_equals_linen_and_training_lowers_the_loss():
         logits, new = model.apply({**variables, 'params': params}, images, train=True,
                                   mutable=['batch_stats'])
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), new
-    (loss, new), grads = jax.value_and_grad(linen_loss, has_aux=True)(variables['params'])
+    (loss, new), grads = jax.jit(jax.value_and_grad(linen_loss, has_aux=True))(variables['params'])
     updates, _ = tx.update(grads, tx.init(variables['params']), variables['params'])
     want = {'params': optax.apply_updates(variables['params'], updates), **new}
     assert first == pytest.approx(float(loss), rel=1e-5)
