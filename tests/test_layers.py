@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reference_weights import random_variables
 from senet_jax import cpu_kernels, layers
 from senet_jax.cpu_kernels import batch_norm_train, channel_matmul, materialize, max_pool
 from senet_jax.layers import BatchNorm, Conv, max_pool_ceil
@@ -154,7 +155,7 @@ def test_gradients_work_in_bfloat16(kernels):
     from senet_jax import create_model
     model = create_model('se_resnet_mini', dtype=jnp.bfloat16, num_classes=10, kernels=kernels)
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), x)
+    variables = random_variables(model, x)
 
     def loss(params):
         logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from reference_weights import random_input, random_state_dict
+from reference_weights import random_input, random_state_dict, random_variables
 from senet_jax import load_pretrained
 from senet_jax.analysis import se_blocks
 from senet_jax.convert import main as convert_main
@@ -152,7 +152,7 @@ def test_se_options_train_with_finite_gradients():
     model = create_model('se_shufflenet_v1_g3', num_classes=5, squeeze='max', gate='tanh',
                          reduction=8, drop_rate=0.2, stage_repeats=(1, 2, 1))
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = random_variables(model, x)
 
     def loss(params):
         out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'],
