@@ -74,9 +74,9 @@ def _loss_scale(workdir, step):
         return jax.tree.map(np.asarray, ckptr.restore(path)['loss_scale'])
 
 
-# float16 is emulated on CPU, several times slower than float32: half of SHORT_RUN's
+# float16 is emulated on CPU, several times slower than float32: a third of SHORT_RUN's
 # steps, a checkpoint every 10 to kill after.
-FLOAT16_STEPS = 30
+FLOAT16_STEPS = 20
 FLOAT16_RUN = (f'--config.num_train_steps={FLOAT16_STEPS}', '--config.checkpoint_every_steps=10',
                '--config.eval_every_steps=10', '--config.log_every_steps=10',
                '--config.batch_size=32', '--config.dtype=float16')
