@@ -1,8 +1,8 @@
 """metrics.jsonl and TensorBoard events in the workdir, local or gs://.
 
 Process 0 writes them. A local workdir is written in place: metrics.jsonl is
-appended to, and TensorBoard's own event-file writer writes the events file
-there (TensorBoardScalars).
+appended to, and so is the TensorBoard events file (TensorBoardScalars), an
+event at a time.
 
 A GCS object cannot be appended to, so for a gs:// workdir both files are
 written in a local staging folder and each changed one is uploaded whole,
