@@ -136,12 +136,6 @@ def main(argv):
             from senet_jax.sharding import PeerWatch  # pylint: disable=g-import-not-at-top
             watch = PeerWatch(on_lost=lambda message: print(
                 f'error: {message}', file=sys.stderr, flush=True))
-        from senet_jax import data  # pylint: disable=g-import-not-at-top
-        if data.uses_tensorflow(config):
-            # Keep TensorFlow (the input pipeline) off the accelerators; it comes
-            # after JAX's backend has started (docs/accelerators.md).
-            import tensorflow as tf  # pylint: disable=g-import-not-at-top
-            tf.config.set_visible_devices([], 'GPU')
         from senet_jax import trainer  # pylint: disable=g-import-not-at-top
         logging.info('JAX process %d/%d, %d local / %d global devices%s',
                      jax.process_index(), jax.process_count(),

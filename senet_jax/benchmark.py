@@ -248,7 +248,7 @@ def input_pipeline_benchmark(directory, image_size, num_images, randaugment=''):
     'Per core' is images per CPU-second of this process (user + system), which
     holds on a shared machine where wall-clock figures drift.
     """
-    import tensorflow as tf
+    from senet_jax.data.tf_host import tf
     from senet_jax.data import preprocess
     from senet_jax.data import randaugment as ra
     policy = ra.from_config(randaugment)

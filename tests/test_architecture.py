@@ -52,3 +52,15 @@ def test_nothing_imports_upward():
             if name != module and FLOOR[name] >= FLOOR[module]:
                 upward.append(f'{rel} imports {name}')
     assert not upward
+
+
+def test_tensorflow_is_imported_only_through_tf_host():
+    """So that it is hidden from the GPUs wherever it is first imported."""
+    importers = set()
+    for path in ROOT.rglob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ''] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n == 'tensorflow' or n.startswith('tensorflow.') for n in names):
+                importers.add(str(path.relative_to(ROOT)))
+    assert importers == {'data/tf_host.py'}

@@ -393,3 +393,20 @@ def test_imagefolder_on_gcs_keeps_the_url(tmp_path):
     assert source.num_train_examples == 12 and source.num_eval_examples == 6
     assert source.train_paths[0] == f'{url}/train/cat/0.jpg'
     assert all(p.startswith(f'{url}/val/') for p in source.eval_paths)
+
+
+@pytest.mark.slow
+def test_tensorflow_is_hidden_from_the_gpus_at_its_first_import(monkeypatch):
+    import importlib
+
+    import tensorflow as tf
+    from senet_jax.data import tf_host
+    calls = []
+    monkeypatch.setattr(tf.config, 'set_visible_devices', lambda *a: calls.append(a))
+    importlib.reload(tf_host)
+    assert calls == [([], 'GPU')]
+
+    def started(*a):
+        raise RuntimeError('Visible devices cannot be modified after being initialized')
+    monkeypatch.setattr(tf.config, 'set_visible_devices', started)
+    importlib.reload(tf_host)   # the program's TensorFlow is running already: left as it is

@@ -19,8 +19,9 @@ masked, nothing is dropped.
 Layout: one module per source (`digits`, `fake`, `imagefolder`, `tfds`, and
 `cifar`: tfds with the CIFAR augmentation, config.preprocess='cifar'), the
 index arithmetic they share in `indexing`, the TensorFlow image preprocessing
-in `preprocess`. Only `imagefolder`, `tfds`, `cifar` and `preprocess` import TensorFlow,
-and only when a config names them.
+in `preprocess`. Only `imagefolder`, `tfds`, `cifar`, `preprocess` and `randaugment`
+import TensorFlow, only when a config names them, and always through `tf_host`,
+which hides the GPUs from it.
 """
 
 import importlib
@@ -59,12 +60,6 @@ def source_class(dataset: str, preprocess: str = 'inception') -> type[Source]:
                         f'got {preprocess!r}')
     module, cls = SOURCES.get(dataset, _TFDS_BY_PREPROCESS[preprocess]).split(':')
     return getattr(importlib.import_module(module), cls)
-
-
-def uses_tensorflow(config) -> bool:
-    """Whether the config's input pipeline runs TensorFlow on the host: every
-    source but digits and fake does, and RandAugment does on any."""
-    return config.dataset not in ('digits', 'fake') or bool(config.get('randaugment', ''))
 
 
 def create_input_pipeline(config, process_index: int = 0,

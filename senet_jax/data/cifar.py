@@ -10,8 +10,7 @@ The crop and flip are a pure function of (seed, stream position), as in every
 source, so a resumed run sees the batches an uninterrupted one would.
 """
 
-import tensorflow as tf
-
+from senet_jax.data.tf_host import tf
 from senet_jax.data.tfds import TfdsSource
 from senet_jax.errors import UserError
 

@@ -9,10 +9,10 @@ import os
 
 from etils import epath
 import numpy as np
-import tensorflow as tf
 
 from senet_jax.data import indexing, preprocess, randaugment
 from senet_jax.data.base import Source, eval_image_size
+from senet_jax.data.tf_host import tf
 from senet_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')

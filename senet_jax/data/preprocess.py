@@ -8,9 +8,8 @@ is ever decompressed.
 import math
 import os
 
-import tensorflow as tf
-
 from senet_jax.data import randaugment as ra
+from senet_jax.data.tf_host import tf
 
 
 def host_cores() -> int:

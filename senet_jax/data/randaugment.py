@@ -18,9 +18,9 @@ import math
 import re
 
 import numpy as np
-import tensorflow as tf
 
 from senet_jax.data import indexing
+from senet_jax.data.tf_host import tf
 from senet_jax.errors import UserError
 
 # timm's hparams['img_mean'] from the train transform: round(255 * ImageNet mean).

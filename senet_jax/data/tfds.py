@@ -26,11 +26,11 @@ import os
 
 from etils import epath
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from senet_jax.data import SOURCES, indexing, preprocess, randaugment
 from senet_jax.data.base import Source, eval_image_size
+from senet_jax.data.tf_host import tf
 from senet_jax.errors import UserError
 
 
