@@ -229,6 +229,7 @@ def test_every_table_config_trains_locally():
 
 
 @pytest.mark.slow
+@pytest.mark.no_cover   # coverage's tracer would slow it by ~40% (docs/architecture.md, "Tests")
 @pytest.mark.parametrize('arg', TRAINED_LOCALLY)
 def test_local_variant_trains(arg, tmp_path, monkeypatch):
     """A table config's `local` variant trains 4 steps and evaluates, in process."""

@@ -154,6 +154,7 @@ def test_converted_weights_load_into_the_nnx_form(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.no_cover   # tracing only; coverage's tracer would slow it by ~40% (docs/architecture.md)
 def test_every_zoo_model_traces_a_training_step_in_nnx():
     # Shapes only (no compilation): each model builds as an NNX module, and a
     # train-mode call returns logits and writes every BatchNorm's statistics.

@@ -66,7 +66,11 @@ def test_other_depths_convert_with_the_reference_parameter_count(name):
     assert _count(variables['params']) == ref['num_params']
 
 
+# no_cover: run without coverage's tracer, which slows JAX's tracing by about 40%; the
+# model and conversion lines they run are run by the zoo's cheaper tests too
+# (docs/architecture.md, "Tests").
 @pytest.mark.slow
+@pytest.mark.no_cover
 @pytest.mark.parametrize('name', LOGIT_NAMES)
 def test_matches_reference(name):
     """Parameter count and eval logits; the REDUCED models at one block per stage."""
@@ -98,6 +102,7 @@ def test_full_depth_parameter_count(name):
 
 
 @pytest.mark.slow
+@pytest.mark.no_cover
 @pytest.mark.parametrize('name', TRAIN_NAMES)
 def test_training_step_matches_reference(name):
     """Training mode against PyTorch autograd, both in float64: loss, logits, the
