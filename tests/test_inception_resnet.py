@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from reference_weights import random_input, random_state_dict
+from reference_weights import random_input, random_state_dict, random_variables
 from senet_jax.convert import load_pretrained, main, torch_key, torch_to_flax
 from senet_jax.layers import SqueezeExcite, reduced_width
 from senet_jax.models import create_model, model_spec, normalize_images
@@ -36,22 +36,7 @@ def _shapes(model, side=75, **kwargs):
 def _random_variables(model, side=75, x=None):
     """Seeded variables of the model's shapes, drawn with numpy: much faster than
     `model.init`'s generators for the tens of millions of parameters of this family."""
-    if x is None:
-        _, shapes = _shapes(model, side)
-    else:
-        shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name == 'kernel':
-            v = rng.normal(0, np.sqrt(1 / np.prod(leaf.shape[:-1])), leaf.shape)
-        elif name in ('scale', 'var'):
-            v = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            v = rng.normal(0, 0.1, leaf.shape)
-        return jnp.asarray(v, leaf.dtype)
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    return random_variables(model, jnp.zeros((1, side, side, 3)) if x is None else x)
 
 
 def _n_params(variables):
