@@ -213,45 +213,6 @@ def test_local_device_ids_flag(monkeypatch):
 
 
 @pytest.mark.slow
-def test_one_process_per_device_matches_one_process(tmp_path):
-    """2 processes x 1 device, each with its own --local_device_ids and its own
-    slice of every batch, train as 1 process x 2 devices does: the same losses
-    up to the reassociation of float sums."""
-    import subprocess
-    import test_train_utils as tu
-    from test_multidevice import _free_port, _train_losses
-    run = ('--config.num_train_steps=6', '--config.log_every_steps=1',
-           '--config.checkpoint_every_steps=6', '--config.eval_every_steps=6',
-           '--config.batch_size=32')
-    one = str(tmp_path / 'one')
-    tu.run(one, *run, num_devices=2)
-    two, port = str(tmp_path / 'two'), _free_port()
-    procs = [subprocess.Popen(
-        tu.train_cmd(two, *run) + [f'--coordinator_address=127.0.0.1:{port}',
-                                   '--num_processes=2', f'--process_id={i}',
-                                   f'--local_device_ids={i}'],
-        cwd=tu.REPO, env=tu.env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, err[-3000:]
-        assert f'JAX process {i}/2, 1 local / 2 global devices (local_device_ids ' \
-               f"['{i}'])" in err
-    assert 'global batch 32 on 2 devices, 2 process(es)' in outs[0][1]
-    got, want = _train_losses(two), _train_losses(one)
-    assert sorted(got) == sorted(want) == list(range(1, 7))
-    for step in want:
-        assert got[step] == pytest.approx(want[step], rel=1e-4), step
-    assert tu.last_eval(two)['eval_loss'] == pytest.approx(
-        tu.last_eval(one)['eval_loss'], rel=1e-3)
-
-
-@pytest.mark.slow
 def test_cifar_preprocessing_reads_the_same_windows(data_dir):
     """preprocess='cifar' (tfds decodes, pad-crop-flip) on the same files."""
     p = data.create_input_pipeline(_config(data_dir, preprocess='cifar'))

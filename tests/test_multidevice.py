@@ -86,15 +86,17 @@ def _free_port():
 
 def test_two_processes_sigterm_agree_and_resume_on_another_mesh(
     one_device, eight_devices, tmp_path):
-    """2 processes x 1 device; SIGTERM reaches only process 1, yet both stop at
-    the same step with one checkpoint. The run then finishes on 1 process x 8
-    devices (restore onto another mesh) and matches the 1-device run."""
+    """2 processes x 1 device, each given its own with --local_device_ids (one
+    process per GPU); SIGTERM reaches only process 1, yet both stop at the same
+    step with one checkpoint. The run then finishes on 1 process x 8 devices
+    (restore onto another mesh) and matches the 1-device run, each process
+    having fed its own slice of every batch."""
     del eight_devices  # its compiled program is reused (persistent XLA cache)
     workdir = str(tmp_path / 'run')
     port = _free_port()
     procs = [tu.start(workdir, *RUN, num_devices=1, extra=(
         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-        f'--process_id={i}')) for i in range(2)]
+        f'--process_id={i}', f'--local_device_ids={i}')) for i in range(2)]
     try:
         tu.wait_for_checkpoint(procs[0], workdir, timeout=240)
         procs[1].send_signal(signal.SIGTERM)
@@ -103,8 +105,10 @@ def test_two_processes_sigterm_agree_and_resume_on_another_mesh(
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (_, err) in zip(procs, outs):
+    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
         assert p.returncode == 143, err[-3000:]
+        assert f'JAX process {i}/2, 1 local / 2 global devices (local_device_ids ' \
+               f"['{i}'])" in err
     steps = {int(re.search(r'stopped by SIGTERM at step (\d+)', err).group(1))
              for _, err in outs}
     assert len(steps) == 1, steps  # both processes agreed
