@@ -326,10 +326,11 @@ def test_bad_recipe_values_are_user_errors(override, message):
 
 
 # configs/rsb.py's A3 on the digits quickstart, with what A3 leaves out added (A1/A2's
-# repeated augmentation and drop path, an EMA) and Mixup/CutMix drawn per element.
+# repeated augmentation and drop path, an EMA), Mixup/CutMix drawn per element, and
+# float16 compute, whose dynamic loss scale the checkpoint carries.
 RECIPE = dict(num_train_steps=40, checkpoint_every_steps=10, eval_every_steps=40,
               log_every_steps=10, batch_size=32, repeated_augmentation=2, ema_decay=0.9,
-              mixup_mode='elem')
+              mixup_mode='elem', dtype='float16')
 DROP_PATH = 0.1
 RECIPE_FLAGS = ([f'--config.{k}={v}' for k, v in RECIPE.items()]
                 + [f'--config.model_overrides.drop_path_rate={DROP_PATH}'])
@@ -338,10 +339,12 @@ RSB_DIGITS = os.path.join(tu.REPO, 'configs', 'rsb.py') + ':a3,digits'
 
 @pytest.mark.slow
 def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
-    """LAMB, BCE, Mixup + CutMix, RandAugment, repeated augmentation, drop path
-    and EMA: a run killed after its first checkpoint and rerun ends with the
-    uninterrupted run's weights, EMA and evals (the mixing, augmentation and
-    drop-path draws are functions of (seed, step))."""
+    """LAMB, BCE, Mixup + CutMix, RandAugment, repeated augmentation, drop path,
+    EMA and float16's loss scale: a run killed after its first checkpoint and
+    rerun ends with the uninterrupted run's weights, EMA, loss scale and evals
+    (the mixing, augmentation and drop-path draws are functions of (seed, step);
+    the scale is checkpointed, and a fresh one would differ by then)."""
+    from test_loss_scale import _loss_scale
     reference = str(tmp_path / 'reference')   # in process: the same program, one start-up less
     from configs import rsb
     config = rsb.get_config('a3,digits')
@@ -358,9 +361,13 @@ def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
     proc.communicate()
     killed_at = tu.checkpoint_steps(workdir)[-1]
     assert killed_at < 40, 'the run finished before it could be killed'
+    saved = _loss_scale(workdir, killed_at)
+    assert (float(saved['scale']), int(saved['fin_steps'])) != (2.0 ** 16, 0)
     rerun = tu.run(workdir, *RECIPE_FLAGS, config=RSB_DIGITS)
     assert f'resumed from checkpoint step {killed_at}' in rerun.stderr
     want, got = tu.last_eval(reference), tu.last_eval(workdir)
     assert {'eval_loss', 'ema_eval_loss', 'ema_eval_top1'} <= set(want)
     assert {k: got[k] for k in want if 'eval' in k} == {k: want[k] for k in want if 'eval' in k}
     tu.assert_trees_close(tu.load_params(workdir), tu.load_params(reference), atol=0)
+    for a, b in zip(jax.tree.leaves(_loss_scale(workdir, 40)), jax.tree.leaves(_loss_scale(reference, 40))):
+        np.testing.assert_array_equal(a, b)
