@@ -31,12 +31,24 @@ def run16(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_three_float16_steps_compile_once(run16):
+def test_float16_steps_compile_once_skip_an_overflow_and_keep_float32_state(run16):
     state = run16.steps.init(run16.init_rng)
+    assert float(state.loss_scale.scale) == 2.0 ** 16
+    start = jax.device_get(state.params)
     for step in range(3):
         state, metrics = run16.steps.train(state, _train_batch(run16, step), run16.dropout_rng)
-    assert bool(metrics['finite'])
+        assert bool(metrics['finite']) and np.isfinite(float(metrics['loss']))
     assert run16.steps.train._cache_size() == 1
+    for leaf in jax.tree.leaves((state.params, state.batch_stats)):
+        assert leaf.dtype == np.float32
+    assert not np.allclose(jax.device_get(state.params)['fc']['kernel'], start['fc']['kernel'])
+    # A scale that overflows float16: the step is skipped (not an error) and
+    # the scale halves; params stay as they were.
+    huge = state.replace(loss_scale=state.loss_scale.replace(scale=np.float32(3e38)))
+    params = jax.device_get(huge.params)
+    after, metrics = run16.steps.train(huge, _train_batch(run16), run16.dropout_rng)
+    assert bool(metrics['finite']) and float(after.loss_scale.scale) == np.float32(3e38) / 2
+    tu.assert_trees_close(after.params, params, atol=0)
 
 
 @pytest.mark.slow
