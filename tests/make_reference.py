@@ -65,10 +65,11 @@ OUT_TRAIN = OUT + '_train'
 MOMENTUM = 0.1   # PyTorch's BatchNorm default, which timm keeps
 
 
-def _import_timm():
-    """timm, with a stand-in for torchvision where the installed one does not load
-    beside this torch (PyPI's torchvision wheels are built for one torch each):
-    timm needs it only for data transforms and FX feature extraction."""
+def _stand_in_torchvision():
+    """A stand-in for torchvision where the installed one does not load beside this
+    torch (PyPI's torchvision wheels are built for one torch each): timm needs it
+    only for data transforms and FX feature extraction, pytorchcv's model list only
+    for networks no fixture uses."""
     import types
     try:
         import torchvision  # noqa: F401
@@ -98,6 +99,10 @@ def _import_timm():
         for name in [n for n in sys.modules if n.split('.')[0] == 'torchvision']:
             del sys.modules[name]
         sys.meta_path.insert(0, Finder())
+
+
+def _import_timm():
+    _stand_in_torchvision()
     import timm
     return timm
 
@@ -108,7 +113,16 @@ def build_reference(spec, **kwargs):
         timm = _import_timm()
         return timm.create_model(spec.reference, pretrained=False, **kwargs)
     if spec.source == 'pytorchcv':
+        _stand_in_torchvision()
         from pytorchcv.model_provider import get_model
+        if 'units' in kwargs:   # a reduced CIFAR ResNet: pytorchcv's builder takes its depth
+            from pytorchcv.models.resnet_cifar import get_resnet_cifar
+            from pytorchcv.models.seresnet_cifar import get_seresnet_cifar
+            units, = set(kwargs.pop('units'))   # the same count in every stage
+            bottleneck = spec.reference.endswith('bn_cifar10')
+            build = get_seresnet_cifar if spec.reference.startswith('se') else get_resnet_cifar
+            return build(num_classes=spec.num_classes, blocks=(9 if bottleneck else 6) * units + 2,
+                         bottleneck=bottleneck, model_name=spec.reference, **kwargs)
         if spec.reference == 'wrn16_8_cifar10':   # not a registered name: pytorchcv's WRN builder
             from pytorchcv.models.wrn_cifar import get_wrn_cifar
             return get_wrn_cifar(num_classes=10, blocks=16, width_factor=8, model_name=spec.reference)

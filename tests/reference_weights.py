@@ -19,6 +19,10 @@ REDUCED = {name: {'layers': [1, 1, 1, 1]} for name in (
     'resnext101_32x8d', 'se_resnext101_32x8d', 'resnext101_64x4d', 'se_resnext101_64x4d',
     'se_resnext101d_32x8d', 'se_resnextaa101d_32x8d', 'se_resnextaa201d_32x8d', 'gluon_senet154',
     'legacy_se_resnext26_32x4d', 'eca_resnet101d', 'eca_resnet269d', 'senet154', 'sk_resnext50_32x4d')}
+# The CIFAR ResNets' 18 units a stage repeat the first unit's code path (pytorchcv builds
+# the reduced ones from the same function with blocks = 8, basic, or 11, bottleneck).
+REDUCED.update({name: {'units': [1, 1, 1]} for name in (
+    'resnet110_cifar', 'se_resnet110_cifar', 'resnet164_cifar', 'se_resnet164_cifar')})
 
 
 def shallowest(name):
