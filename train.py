@@ -32,6 +32,9 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 flags.DEFINE_integer('process_id', None, 'Index of this process.')
 flags.DEFINE_list('local_device_ids', None, 'The GPUs this process uses (e.g. '
                   '"3" for one process per GPU); default: all of them.')
+flags.DEFINE_float('peer_timeout_s', 60.0, 'Several processes: seconds a silent '
+                   'process is waited for before every other one stops naming it '
+                   '(each posts a beat every 5 s).', lower_bound=10.0)
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -134,7 +137,7 @@ def main(argv):
         import jax  # pylint: disable=g-import-not-at-top
         if jax.process_count() > 1:
             from senet_jax.sharding import PeerWatch  # pylint: disable=g-import-not-at-top
-            watch = PeerWatch(on_lost=lambda message: print(
+            watch = PeerWatch(timeout_s=FLAGS.peer_timeout_s, on_lost=lambda message: print(
                 f'error: {message}', file=sys.stderr, flush=True))
         from senet_jax import trainer  # pylint: disable=g-import-not-at-top
         logging.info('JAX process %d/%d, %d local / %d global devices%s',

@@ -212,6 +212,18 @@ def test_local_device_ids_flag(monkeypatch):
             train.init_distributed()
 
 
+def test_peer_timeout_below_its_floor_is_one_line(capsys):
+    """--peer_timeout_s (PeerWatch's timeout; test_multidevice's lost process
+    runs at 20 s) refuses less than two beats."""
+    from absl.testing import flagsaver
+    import train
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as e:
+        train.parse_flags(['train.py', '--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                           '--peer_timeout_s=3'])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == 'error: flag --peer_timeout_s=3: 3.0 is not number >= 10.0\n'
+
+
 @pytest.mark.slow
 def test_cifar_preprocessing_reads_the_same_windows(data_dir):
     """preprocess='cifar' (tfds decodes, pad-crop-flip) on the same files."""
