@@ -369,5 +369,6 @@ def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
     assert {'eval_loss', 'ema_eval_loss', 'ema_eval_top1'} <= set(want)
     assert {k: got[k] for k in want if 'eval' in k} == {k: want[k] for k in want if 'eval' in k}
     tu.assert_trees_close(tu.load_params(workdir), tu.load_params(reference), atol=0)
-    for a, b in zip(jax.tree.leaves(_loss_scale(workdir, 40)), jax.tree.leaves(_loss_scale(reference, 40))):
+    for a, b in zip(jax.tree.leaves(_loss_scale(workdir, 40)),
+                    jax.tree.leaves(_loss_scale(reference, 40))):
         np.testing.assert_array_equal(a, b)
