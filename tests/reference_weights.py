@@ -182,3 +182,21 @@ def random_variables(model, x, seed=0, **kwargs):
             v = rng.normal(0.0, 0.1, leaf.shape)
         return np.asarray(v, leaf.dtype)
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def torch_state_dict(variables, layout, se_as_conv=False):
+    """Flax variables -> a state_dict in the reference `layout`, as numpy
+    (convert.torch_to_flax's inverse): conv kernels as (O, I, kh, kw), linear ones
+    as (O, I); with se_as_conv, SE's projections as 1x1 convolutions (timm's)."""
+    from flax import traverse_util   # pylint: disable=g-import-not-at-top
+    from senet_jax.convert import torch_key   # pylint: disable=g-import-not-at-top
+    out = {}
+    for (collection, *path), v in traverse_util.flatten_dict(variables).items():
+        v = np.asarray(v)
+        key = torch_key(collection, tuple(path), layout)
+        if path[-1] == 'kernel':
+            v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
+            if se_as_conv and '.se.' in key:
+                v = v[:, :, None, None]
+        out[key] = np.ascontiguousarray(v)
+    return out

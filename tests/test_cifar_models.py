@@ -10,10 +10,10 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from reference_weights import random_input, random_state_dict
+from reference_weights import random_input, random_state_dict, random_variables, torch_state_dict
 from senet_jax import load_pretrained
 from senet_jax.analysis import se_blocks
-from senet_jax.convert import main, torch_key, torch_to_flax
+from senet_jax.convert import main, torch_to_flax
 from senet_jax.models import create_model, model_spec
 from senet_jax.models.cifar import PreActUnit
 
@@ -184,25 +184,12 @@ def test_cifar100_heads_convert():
     assert variables['params']['fc']['kernel'].shape == (512, 100)
 
 
-def _full_depth_keys(name, num_classes):
-    """The reference layout's keys and shapes at full depth, read off the model's own
-    variables (the parity fixture holds the reduced network's): conv kernels as
-    (O, I, kh, kw), linear ones as (O, I), SE's 1x1 convs among them."""
-    model = create_model(name, num_classes=num_classes)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), X32))
-    keys = []
-    for (collection, *path), leaf in traverse_util.flatten_dict(dict(shapes)).items():
-        shape = leaf.shape
-        if path[-1] == 'kernel':
-            shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
-        keys.append((torch_key(collection, tuple(path), model_spec(name).layout), list(shape)))
-    return keys
-
-
 @pytest.mark.slow
 def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
     name = 'se_resnet110_cifar'
-    sd = random_state_dict(_full_depth_keys(name, 100))   # a CIFAR-100 head
+    # The full network (the parity fixture holds the reduced one's keys), a CIFAR-100 head.
+    sd = torch_state_dict(random_variables(create_model(name, num_classes=100), X32),
+                          model_spec(name).layout)
     save_file(sd, str(tmp_path / 'w.safetensors'))
     assert main(['--model', name, '--weights', str(tmp_path / 'w.safetensors'),
                  '--out', str(tmp_path / 'out')]) == 0

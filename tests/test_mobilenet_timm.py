@@ -12,6 +12,7 @@ from flax import traverse_util
 from safetensors.numpy import save
 
 from hub_server import HubServer
+from reference_weights import torch_state_dict
 from senet_jax import pretrained
 from senet_jax.convert import ConversionError, torch_key, torch_to_flax
 from senet_jax.models import create_model, model_spec
@@ -68,17 +69,6 @@ def test_the_weight_carries_timms_config():
     assert pretrained.resolve('hf-hub:timm/' + TAG)[0] == TAG
 
 
-def _to_timm(variables):
-    """Flax variables of `mobilenetv1_100` -> timm's state_dict (convert's inverse)."""
-    out = {}
-    for (collection, *path), v in traverse_util.flatten_dict(variables).items():
-        v = np.asarray(v)
-        if path[-1] == 'kernel':
-            v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
-        out[torch_key(collection, tuple(path), 'timm_mobilenet')] = np.ascontiguousarray(v)
-    return out
-
-
 @pytest.mark.slow
 def test_a_timm_layout_file_from_the_hub_gives_the_source_logits(tmp_path, monkeypatch):
     """Random variables -> a timm-layout safetensors on a local hub -> load_pretrained(TAG):
@@ -90,7 +80,7 @@ def test_a_timm_layout_file_from_the_hub_gives_the_source_logits(tmp_path, monke
     variables = jax.tree.map(lambda s: (0.5 + rng.random(s.shape)).astype(np.float32) if len(s.shape) == 1
                              else rng.normal(scale=0.5, size=s.shape).astype(np.float32), shapes)
     server = HubServer()
-    server.files[f'timm/{TAG}/model.safetensors'] = save(_to_timm(variables))
+    server.files[f'timm/{TAG}/model.safetensors'] = save(torch_state_dict(variables, 'timm_mobilenet'))
     url = server.url
     monkeypatch.setattr(constants, 'ENDPOINT', url)
     monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')

@@ -19,8 +19,8 @@ from flax import traverse_util
 from safetensors.numpy import save
 
 from hub_server import HubServer
+from reference_weights import torch_state_dict
 from senet_jax import convert, list_pretrained, pretrained
-from senet_jax.convert import torch_key
 from senet_jax.models import create_model, list_models
 from senet_jax.pretrained import PretrainedError, Weight
 
@@ -117,20 +117,6 @@ def test_caffe_weights_normalise_in_bgr():
 
 # --- a local hub -----------------------------------------------------------------------
 
-def timm_state_dict(variables):
-    """Flax variables of a ResNet-family model -> its timm state_dict (convert's inverse)."""
-    out = {}
-    for (collection, *path), v in traverse_util.flatten_dict(variables).items():
-        v = np.asarray(v)
-        key = torch_key(collection, tuple(path), 'timm')
-        if path[-1] == 'kernel':
-            v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
-            if '.se.' in key:                # timm's SE projections are 1x1 convolutions
-                v = v[:, :, None, None]
-        out[key] = np.ascontiguousarray(v)
-    return out
-
-
 @pytest.fixture(scope='module')
 def mini():
     """Random se_resnet_mini variables (from shapes only: nothing is compiled), an input
@@ -142,7 +128,7 @@ def mini():
     variables = jax.tree.map(lambda s: (0.5 + rng.random(s.shape)).astype(np.float32) if len(s.shape) == 1
                              else rng.normal(scale=0.2, size=s.shape).astype(np.float32), shapes)
     variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-    return model, x, variables, save(timm_state_dict(variables))
+    return model, x, variables, save(torch_state_dict(variables, 'timm', se_as_conv=True))
 
 
 def _endpoint(monkeypatch, url):
@@ -395,7 +381,7 @@ def test_a_release_file_loads_in_a_process_without_torch(tmp_path, mini):
     """HF_HOME from the environment; a legacy-format .pth, hash-checked, from a release URL."""
     variables = mini[2]
     server = HubServer()
-    data = legacy_pth(timm_state_dict(variables))
+    data = legacy_pth(torch_state_dict(variables, 'timm', se_as_conv=True))
     name = f'mini-{hashlib.sha256(data).hexdigest()[:10]}.pth'
     server.files[f'releases/{name}'] = data
     site = tmp_path / 'site'
