@@ -28,6 +28,25 @@ def pytest_configure(config):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
+_optimizations_off = None   # as last set for this process's tests
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Most tests compile more than they compute: in process they compile with XLA's
+    # optimizations off (about a third less compile time), unless marked `optimized`.
+    # train.py subprocesses keep the default (docs/architecture.md, "Tests").
+    global _optimizations_off
+    import jax
+    off = item.get_closest_marker('optimized') is None
+    if off != _optimizations_off:
+        _optimizations_off = off
+        jax.config.update('jax_disable_most_optimizations', off)
+        # A jitted function keeps the executable it was first compiled to, whatever the
+        # level was; the persistent cache keys on the level, so recompiles are cheap.
+        jax.clear_caches()
+
+
 def pytest_unconfigure(config):
     path = getattr(config, '_senet_jax_xla_cache', None)
     if path:

@@ -209,6 +209,7 @@ def test_channel_ranking(trained, digits):
         analysis.channels_to_prune(gate, 1.5)
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_pruning_table(trained, digits):
     model, variables = trained
@@ -235,6 +236,7 @@ def test_pruning_needs_a_gated_norm():
         analysis.gated_norm(sk, {'bn2': {}})
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_command_line(capsys, tmp_path):
     png = tmp_path / 'g.png'

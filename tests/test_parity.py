@@ -101,6 +101,7 @@ def test_full_depth_parameter_count(name):
     assert _count(shapes['params']) == _fixture(name)['num_params']
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 @pytest.mark.no_cover
 @pytest.mark.parametrize('name', TRAIN_NAMES)

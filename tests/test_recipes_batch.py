@@ -337,6 +337,7 @@ RECIPE_FLAGS = ([f'--config.{k}={v}' for k, v in RECIPE.items()]
 RSB_DIGITS = os.path.join(tu.REPO, 'configs', 'rsb.py') + ':a3,digits'
 
 
+@pytest.mark.optimized   # its in-process reference must be train.py's program, bit for bit
 @pytest.mark.slow
 def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
     """LAMB, BCE, Mixup + CutMix, RandAugment, repeated augmentation, drop path,

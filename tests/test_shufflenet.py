@@ -146,6 +146,9 @@ def test_channel_shuffle_is_the_papers_transpose():
         assert sorted(np.bincount(group // n, minlength=g).tolist()) == [6, 7, 7]
 
 
+# XLA:CPU's backend at optimization level 0 gives this program NaN gradients (measured:
+# jax 0.10.2; finite op by op and at the default level), so it compiles as users' programs do.
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_se_options_train_with_finite_gradients():
     # One strided and one plain unit in Stage3 keep the compilation short.

@@ -181,6 +181,7 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path):
             assert np.all(np.isfinite(leaf))
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_nonfinite_steps_can_be_skipped(tmp_path):
     workdir = str(tmp_path / 'run')

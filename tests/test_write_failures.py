@@ -15,7 +15,8 @@ from senet_jax import trainer
 from senet_jax.errors import WriteFailed
 from test_trainer_units import tiny_config
 
-pytestmark = pytest.mark.slow  # compiles a model (cached across tests)
+# Compiles a model (cached across tests) and trains it for a dozen steps: optimized.
+pytestmark = [pytest.mark.slow, pytest.mark.optimized]
 
 from test_interrupts import CONFIG, reference  # noqa: F401 (a fixture)
 
