@@ -87,8 +87,11 @@ def run_on_colab(nb, cwd, monkeypatch, colab_venv, allow_errors=False):
         skip_cells_with_tag='colab-ui',   # inline TensorBoard would start a server
         resources={'metadata': {'path': str(cwd)}})
     client.execute()   # raises CellExecutionError, with the traceback, on any error
-    return '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
-                     for o in c.outputs if o.get('output_type') == 'stream')
+    # A stream arrives in pieces cut anywhere (one print can span two messages): each
+    # cell's stdout, then its stderr, is joined as it came.
+    return '\n'.join(''.join(o.get('text', '') for o in c.outputs
+                             if o.get('output_type') == 'stream' and o.get('name') == stream)
+                     for c in nb.cells if c.cell_type == 'code' for stream in ('stdout', 'stderr'))
 
 
 def test_all_notebooks_are_listed():
