@@ -218,6 +218,10 @@ def create_train_state(rng, config, model, tx, dtype='float32') -> TrainState:
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'], tx=tx,
         loss_scale=initial_loss_scale() if dtype == 'float16' else None)
+    # flax starts the step at Python's 0, weak-typed; a restored step is strongly
+    # typed, and a resumed run would compile another train step than the fresh
+    # run's (no persistent compilation cache hit after a preemption).
+    state = state.replace(step=jnp.zeros((), jnp.int32))
     return start_ema(state) if ema_decay_of(config) else state
 
 

@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -332,40 +333,42 @@ RECIPE = dict(num_train_steps=40, checkpoint_every_steps=10, eval_every_steps=40
               log_every_steps=10, batch_size=32, repeated_augmentation=2, ema_decay=0.9,
               mixup_mode='elem', dtype='float16')
 DROP_PATH = 0.1
-RECIPE_FLAGS = ([f'--config.{k}={v}' for k, v in RECIPE.items()]
-                + [f'--config.model_overrides.drop_path_rate={DROP_PATH}'])
-RSB_DIGITS = os.path.join(tu.REPO, 'configs', 'rsb.py') + ':a3,digits'
 
 
-@pytest.mark.optimized   # its in-process reference must be train.py's program, bit for bit
 @pytest.mark.slow
-def test_recipe_sigkilled_resumes_to_the_identical_eval(tmp_path):
+def test_recipe_resumed_from_a_checkpoint_ends_identical(tmp_path):
     """LAMB, BCE, Mixup + CutMix, RandAugment, repeated augmentation, drop path,
-    EMA and float16's loss scale: a run killed after its first checkpoint and
-    rerun ends with the uninterrupted run's weights, EMA, loss scale and evals
+    EMA and float16's loss scale: a run resumed from its step-20 checkpoint ends
+    with the uninterrupted run's weights, EMA, loss scale and evals, bit for bit
     (the mixing, augmentation and drop-path draws are functions of (seed, step);
-    the scale is checkpointed, and a fresh one would differ by then)."""
-    from test_loss_scale import _loss_scale
-    reference = str(tmp_path / 'reference')   # in process: the same program, one start-up less
+    the scale is checkpointed, and a fresh one would differ by then).
+
+    Both runs are in process: the resumed one starts from a copy of the
+    uninterrupted workdir cut back to step 20, as a run killed after that
+    checkpoint leaves it. Killing train.py itself is test_trainer's
+    test_sigkill_then_rerun_matches_uninterrupted (and test_gcs's, on a bucket)."""
     from configs import rsb
+    from test_loss_scale import _loss_scale
     config = rsb.get_config('a3,digits')
     config.update(RECIPE)
     config.model_overrides.drop_path_rate = DROP_PATH
-    trainer.train_and_evaluate(config, reference)
+    reference = tmp_path / 'reference'
+    trainer.train_and_evaluate(config, str(reference))
     lines = [m for m in tu.metrics(reference) if 'train_loss' in m]
     assert [m['step'] for m in lines] == [10, 20, 30, 40]
     assert all(math.isfinite(m['train_loss']) for m in lines)
-    workdir = str(tmp_path / 'run')
-    proc = tu.start(workdir, *RECIPE_FLAGS, config=RSB_DIGITS)
-    tu.wait_for_checkpoint(proc, workdir)
-    proc.kill()
-    proc.communicate()
-    killed_at = tu.checkpoint_steps(workdir)[-1]
-    assert killed_at < 40, 'the run finished before it could be killed'
-    saved = _loss_scale(workdir, killed_at)
+    assert tu.checkpoint_steps(reference) == [20, 30, 40]   # the newest 3 are kept
+    workdir = tmp_path / 'resumed'
+    shutil.copytree(reference, workdir)
+    for step in (30, 40):
+        shutil.rmtree(workdir / 'checkpoints' / str(step))
+    logged = (workdir / 'metrics.jsonl').read_text().splitlines(keepends=True)
+    (workdir / 'metrics.jsonl').write_text(
+        ''.join(line for line in logged if json.loads(line)['step'] <= 20))
+    saved = _loss_scale(workdir, 20)
     assert (float(saved['scale']), int(saved['fin_steps'])) != (2.0 ** 16, 0)
-    rerun = tu.run(workdir, *RECIPE_FLAGS, config=RSB_DIGITS)
-    assert f'resumed from checkpoint step {killed_at}' in rerun.stderr
+    trainer.train_and_evaluate(config, str(workdir))
+    assert [m['step'] for m in tu.metrics(workdir) if 'train_loss' in m] == [10, 20, 30, 40]
     want, got = tu.last_eval(reference), tu.last_eval(workdir)
     assert {'eval_loss', 'ema_eval_loss', 'ema_eval_top1'} <= set(want)
     assert {k: got[k] for k in want if 'eval' in k} == {k: want[k] for k in want if 'eval' in k}

@@ -159,6 +159,11 @@ def test_restore_or_init_fresh_then_restored(run, tmp_path):
     assert int(restored.step) == 1
     tu.assert_trees_close(restored.params, state.params, atol=0)
     ckpts.close()
+    # The same types (weak types too) fresh, stepped and restored: the train
+    # step a fresh run compiled is the one a resumed run finds in the cache.
+    avals = lambda s: jax.tree.map(  # noqa: E731
+        lambda x: (x.shape, x.dtype, x.aval.weak_type), s)
+    assert avals(fresh) == avals(state) == avals(restored)
 
 
 def _train_batch(run, step=0):
