@@ -120,15 +120,21 @@ def test_a_bad_kernels_flag_is_one_error_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_resumes_under_another_form(tmp_path):
-    """kernels says how, not what, is computed: the workdir identity ignores it."""
+    """kernels says how, not what, is computed: the workdir identity ignores it.
+    In process; train.py's own resume is test_trainer's."""
     import test_train_utils as tu
+    from configs import quickstart
     workdir = str(tmp_path / 'run')
-    every = ('--config.checkpoint_every_steps=2', '--config.log_every_steps=2')
-    tu.run(workdir, '--config.num_train_steps=2', '--config.eval_every_steps=2', *every)
-    proc = tu.run(workdir, '--config.num_train_steps=4', '--config.eval_every_steps=4', *every,
-                  '--config.model_overrides.kernels=plain',
-                  '--config.allow_config_change=True')  # longer: the cosine decay changes
-    assert 'resumed from checkpoint step 2' in proc.stderr
+    config = quickstart.get_config()
+    config.update(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2,
+                  log_every_steps=2)
+    trainer.train_and_evaluate(config, workdir)
+    config.update(num_train_steps=4, eval_every_steps=4,
+                  allow_config_change=True)   # longer: the cosine decay changes
+    config.model_overrides.kernels = 'plain'
+    trainer.train_and_evaluate(config, workdir)
+    # Resumed at step 2, not started again: steps 2 and 4 logged once each.
+    assert [m['step'] for m in tu.metrics(workdir) if 'train_loss' in m] == [2, 4]
     assert tu.checkpoint_steps(workdir)[-1] == 4
 
 
