@@ -1,9 +1,11 @@
 """train.py end to end on digits (CPU): quickstart, resume, reliability, errors.
 
-Runs go through train.py in subprocesses, as a user would run them; a shared
-persistent XLA cache (see test_train_utils.env) keeps them short.
+Runs go through train.py in subprocesses, as a user would run them, where the
+process is the point (signals, exit codes, the quickstart); a shared persistent
+XLA cache (see test_train_utils.env) keeps them short.
 """
 
+import logging
 import math
 import os
 import re
@@ -249,7 +251,8 @@ def test_bad_flags_are_one_error_line(tmp_path, flag, message):
 
 
 @pytest.mark.slow
-def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
+def test_init_from_eval_only_and_new_classifier(reference, tmp_path, caplog):
+    """train.py's weights, evaluated and fine-tuned from, in process."""
     from senet_jax import convert
     ref = tu.load_params(reference)
     weights = str(tmp_path / 'weights')
@@ -257,9 +260,11 @@ def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
                            {'params': ref['params'],
                             'batch_stats': ref['batch_stats']})
     workdir = str(tmp_path / 'eval')
-    proc = tu.run(workdir, '--config.num_train_steps=0',
-                  '--config.batch_size=32', f'--config.init_from={weights}')
-    assert re.search(r'top-1 error \d+\.\d\d%, top-5 error', proc.stderr)
+    with caplog.at_level(logging.INFO):
+        trainer.train_and_evaluate(_quickstart('--config.num_train_steps=0',
+                                               '--config.batch_size=32',
+                                               f'--config.init_from={weights}'), workdir)
+    assert re.search(r'top-1 error \d+\.\d\d%, top-5 error', caplog.text)
     got, want = tu.last_eval(workdir), tu.last_eval(reference)
     assert got['eval_top1'] == pytest.approx(want['eval_top1'], abs=1e-6)
     assert got['eval_loss'] == pytest.approx(want['eval_loss'], abs=1e-5)
@@ -271,10 +276,13 @@ def test_init_from_eval_only_and_new_classifier(reference, tmp_path):
     weights7 = str(tmp_path / 'weights7')
     convert.save_converted(weights7, 'se_resnet_mini', other)
     workdir = str(tmp_path / 'finetune')
-    proc = tu.run(workdir, '--config.num_train_steps=1',
-                  '--config.batch_size=32', f'--config.init_from={weights7}',
-                  '--config.half_precision=True')
-    assert 're-initialising the classifier' in proc.stderr
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        trainer.train_and_evaluate(_quickstart('--config.num_train_steps=1',
+                                               '--config.batch_size=32',
+                                               f'--config.init_from={weights7}',
+                                               '--config.half_precision=True'), workdir)
+    assert 're-initialising the classifier' in caplog.text
     # half_precision: bf16 compute, fp32 parameters.
     tuned = tu.load_params(workdir)
     assert tuned['step'] == 1
