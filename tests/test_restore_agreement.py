@@ -25,6 +25,15 @@ RUN = ('--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
        '--config.batch_size=32')
 
 
+@pytest.fixture(scope='module', autouse=True)
+def optimizations_off():
+    """These runs take 2 steps: they compile more than they compute, so their
+    processes compile with XLA's optimizations off (docs/architecture.md, "Tests")."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')   # tu.env passes it on
+        yield
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
