@@ -27,12 +27,13 @@ REDUCED.update({name: {'units': [1, 1, 1]} for name in (
 
 def shallowest(name):
     """create_model arguments that keep `name`'s every code path at one unit per
-    stage (its stem, each stage's first unit, its head): for checks where depth
-    adds compile time and nothing else."""
+    stage (its stem, each stage's first unit, its head) and VGG's fc6/fc7 at 64
+    channels, not 4,096 (103M parameters to draw): for checks where size adds
+    time and nothing else."""
     from senet_jax.models import model_spec   # pylint: disable=g-import-not-at-top
     family = model_spec(name).family.__name__
     return {'ResNet': {'layers': (1, 1, 1, 1)}, 'CifarResNet': {'units': (1, 1, 1)},
-            'InceptionResNetV2': {'repeats': (1, 1, 1)}}.get(family, {})
+            'InceptionResNetV2': {'repeats': (1, 1, 1)}, 'VGG': {'mlp_width': 64}}.get(family, {})
 
 
 def train_batch():
