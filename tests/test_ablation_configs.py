@@ -87,6 +87,7 @@ def expected(study, value, local):
 
 
 # The fast tier builds each study's default; the full suite every value.
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.parametrize('study,value', [
     pytest.param(s, v, marks=() if v == DEFAULTS[s] else pytest.mark.slow)
     for s, vs in STUDIES.items() for v in vs])

@@ -248,6 +248,7 @@ def test_command_line(capsys, tmp_path):
     assert png.stat().st_size > 0
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_load_workdir_matches_the_trainers_evaluation(tmp_path):
     """A train.py run, loaded back: same architecture, and the trainer's held-out top-1."""

@@ -224,6 +224,7 @@ _FAMILY_MODELS = ('se_resnet_mini', 'se_resnet110_cifar', 'se_bn_inception', 'se
                   'se_vgg16_bn', 'se_mobilenet_v1', 'se_shufflenet_v1_g3')
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 @pytest.mark.parametrize('name', _FAMILY_MODELS)
 def test_every_family_takes_every_block(name):

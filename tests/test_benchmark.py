@@ -10,6 +10,7 @@ from PIL import Image
 from senet_jax import benchmark
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['infer', 'train'])
 def test_benchmark_prints_one_json_object(mode, capsys):

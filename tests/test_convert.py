@@ -84,6 +84,7 @@ def test_hostile_pth_is_refused_and_its_code_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
     sd = reference_state_dict('legacy_se_resnet18')

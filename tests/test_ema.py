@@ -86,6 +86,7 @@ def _stop_at(monkeypatch, stop_step):
                         lambda self, step: step == stop_step or real(self, step))
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_resumed_ema_equals_the_uninterrupted_runs_and_is_evaluated(tmp_path, monkeypatch):
     config = tiny_config(num_train_steps=4, ema_decay=DECAY)

@@ -214,6 +214,7 @@ def test_registry_entries():
     assert se.input_format == base.input_format
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_cli_converts_and_load_pretrained_gives_the_same_network(tmp_path):
     sd = random_state_dict(_fixture()['keys'])

@@ -62,6 +62,7 @@ def _assert_close(got, want, rtol):
 # legacy_se_resnet18 at an odd size: the Caffe layout's ceil-mode stem pool.
 # se_resnet50: bottlenecks (1x1 convolutions everywhere) and the padded stem pool;
 # at 64x64, 8 values per channel reach conv5_x's BatchNorms.
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 @pytest.mark.parametrize('name,size,batch', [
     ('se_resnet_mini', 16, 4), ('legacy_se_resnet18', 35, 3), ('se_resnet50', 64, 2)])
@@ -118,6 +119,7 @@ def test_a_bad_kernels_flag_is_one_error_line(tmp_path):
         "error: kernels must be one of ('auto', 'plain', 'cpu'), got 'gpu'. Did you mean 'cpu'?")
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_a_run_resumes_under_another_form(tmp_path):
     """kernels says how, not what, is computed: the workdir identity ignores it.

@@ -88,6 +88,7 @@ def test_squeeze_and_gate_options_give_finite_outputs_and_gradients(squeeze, gat
     assert any(float(jnp.abs(g).max()) > 0 for g in se_grads)
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 @pytest.mark.parametrize('position', SE_POSITIONS)
 @pytest.mark.parametrize('name', ['se_resnet50', 'se_resnet18'])
@@ -268,6 +269,7 @@ def test_config_overrides_and_input_normalisation_helpers():
     assert out.dtype == jnp.bfloat16 and float(jnp.abs(out.astype(jnp.float32)).max()) < 0.01
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 @pytest.mark.parametrize('bottleneck', [True, False])
 def test_fused_se_block_equals_the_steps_spelled_out(bottleneck):

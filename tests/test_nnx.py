@@ -61,6 +61,7 @@ def test_fresh_nnx_model_holds_linen_variables_and_gives_linen_outputs(name, siz
                                jax.jit(model.apply)(variables, x), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_one_nnx_training_step_equals_linen_and_training_lowers_the_loss():
     model = create_model('se_resnet_mini', num_classes=10)

@@ -109,6 +109,7 @@ def _run_config(num_train_steps):
     return c
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_trainer_feeds_eval_loss_logs_the_cut_rate_and_resumes_with_it(tmp_path, monkeypatch):
     """Scripted validation losses (so the cuts are known): the logged rate

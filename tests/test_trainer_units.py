@@ -280,6 +280,7 @@ def test_prefetch_keeps_two_batches_on_the_devices(run):
 # The loop: checkpoints, preemption, resume.
 
 
+@pytest.mark.no_cover   # every line it runs, cheaper tests run too (docs/architecture.md, "Tests")
 @pytest.mark.slow
 def test_train_checkpoints_evals_and_resumes(tmp_path):
     workdir = str(tmp_path)
