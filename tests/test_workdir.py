@@ -4,6 +4,7 @@ image folder's checks. The runs of train.py are in test_workdir_runs.py."""
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -26,7 +27,10 @@ def _write_lock(path, **fields):
     record = {'token': 'other', 'host': socket.gethostname(), 'pid': 1,
               'started': '2026-01-01 00:00:00 UTC', 'renewed': time.time(),
               'lease_s': workdir_lib.LEASE_S, **fields}
-    (path / workdir_lib.LOCK).write_text(json.dumps(record))
+    # Written aside and renamed into place, as runs write it: a holder's renewal
+    # reading a half-written file would take it for a removed lock.
+    (path / 'lock.tmp').write_text(json.dumps(record))
+    os.replace(path / 'lock.tmp', path / workdir_lib.LOCK)
 
 
 def _dead_pid():
