@@ -38,10 +38,11 @@ and in fixtures/attention_resnet50.json timm's resnet50 at one block per stage w
 each block of `ATTENTION_RESNET50` as its attn_layer (keys, parameter count, logits).
 
 For a few models (TRAIN_NAMES) it also stores one training-mode forward and
-backward pass in fixtures/reference_train/: the loss and logits, and for every
-parameter and BatchNorm buffer a norm and a projection on seeded random weights
-(`random_state_dict(keys, seed=1)`) of its gradient, or of the batch statistic
-that updated it (PyTorch's, with the unbiased variance).
+backward pass, at one block per stage (TRAIN_DEPTH), in fixtures/reference_train/:
+the loss and logits, and for every parameter and BatchNorm buffer a norm and a
+projection on seeded random weights (`random_state_dict(keys, seed=1)`) of its
+gradient, or of the batch statistic that updated it (PyTorch's, with the unbiased
+variance). `python tests/make_reference.py train [NAME ...]` stores these alone.
 """
 import json
 import os
@@ -56,7 +57,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from reference_weights import (ATTENTION_CASES, ATTENTION_RESNET50, ATTENTION_RESNET50_SIZE, REDUCED, TRAIN_NAMES, norm_and_projection,  # noqa: E402
+from reference_weights import (ATTENTION_CASES, ATTENTION_RESNET50, ATTENTION_RESNET50_SIZE, REDUCED, TRAIN_DEPTH, TRAIN_NAMES, norm_and_projection,  # noqa: E402
                                random_input, random_state_dict, seeded_normal, train_batch)
 from senet_jax.models import list_models, model_spec  # noqa: E402
 
@@ -181,7 +182,7 @@ def _record(value, probe):
 def make_train(name):
     spec = model_spec(name)
     ref = spec.reference
-    model = build_reference(spec, drop_rate=0.0, **REDUCED.get(name, {}))
+    model = build_reference(spec, drop_rate=0.0, **TRAIN_DEPTH[name])
     sd = model.state_dict()
     keys = [(k, list(v.shape)) for k, v in sd.items()]
     weights = random_state_dict(keys)
@@ -195,7 +196,7 @@ def make_train(name):
     loss.backward()
     probe = random_state_dict(keys, seed=1)
     record = {'reference': ref, 'source': _library_version(spec), 'torch_version': torch.__version__,
-              'keys': keys, 'loss': float(loss.detach()), 'logits': [[float(f'{v:.12g}') for v in row]
+              'overrides': TRAIN_DEPTH[name], 'keys': keys, 'loss': float(loss.detach()), 'logits': [[float(f'{v:.12g}') for v in row]
                                                            for row in logits.detach().tolist()],
               'grads': {k: _record(p.grad, probe[k]) for k, p in model.named_parameters()},
               'batch_stats': {}}
@@ -496,6 +497,10 @@ if __name__ == '__main__':
         sys.exit()
     if sys.argv[1:] == ['repeat_aug']:
         make_repeat_aug()
+        sys.exit()
+    if sys.argv[1:2] == ['train']:   # the training-mode fixtures alone
+        for name in sys.argv[2:] or TRAIN_NAMES:
+            make_train(name)
         sys.exit()
     if not sys.argv[1:]:
         make_pth()

@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from reference_weights import (REDUCED, TRAIN_NAMES, norm_and_projection, random_input,
+from reference_weights import (REDUCED, TRAIN_DEPTH, TRAIN_NAMES, norm_and_projection, random_input,
                                random_state_dict, train_batch)
 from senet_jax.convert import torch_key, torch_to_flax
 from senet_jax.models import create_model, list_models, model_spec
@@ -115,11 +115,12 @@ def test_training_step_matches_reference(name):
     with open(os.path.join(FIXTURES + '_train', f'{name}.json')) as f:
         ref = json.load(f)
     assert ref['reference'] == model_spec(name).reference
+    assert ref['overrides'] == TRAIN_DEPTH[name]
     layout = model_spec(name).layout
     images, labels = train_batch()
     with jax.enable_x64(True):
         as64 = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), tree)
-        depth = {k: tuple(v) for k, v in REDUCED.get(name, {}).items()}
+        depth = {k: tuple(v) for k, v in TRAIN_DEPTH[name].items()}
         variables = as64(torch_to_flax(name, random_state_dict(ref['keys']), **depth))
         probe = torch_to_flax(name, random_state_dict(ref['keys'], seed=1), **depth)
         # Dropout off, as in the fixture (senet154 has 0.2).
