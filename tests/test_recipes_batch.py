@@ -329,8 +329,8 @@ def test_bad_recipe_values_are_user_errors(override, message):
 # configs/rsb.py's A3 on the digits quickstart, with what A3 leaves out added (A1/A2's
 # repeated augmentation and drop path, an EMA), Mixup/CutMix drawn per element, and
 # float16 compute, whose dynamic loss scale the checkpoint carries.
-RECIPE = dict(num_train_steps=40, checkpoint_every_steps=10, eval_every_steps=40,
-              log_every_steps=10, batch_size=32, repeated_augmentation=2, ema_decay=0.9,
+RECIPE = dict(num_train_steps=20, checkpoint_every_steps=5, eval_every_steps=20,
+              log_every_steps=5, batch_size=32, repeated_augmentation=2, ema_decay=0.9,
               mixup_mode='elem', dtype='float16')
 DROP_PATH = 0.1
 
@@ -338,13 +338,13 @@ DROP_PATH = 0.1
 @pytest.mark.slow
 def test_recipe_resumed_from_a_checkpoint_ends_identical(tmp_path):
     """LAMB, BCE, Mixup + CutMix, RandAugment, repeated augmentation, drop path,
-    EMA and float16's loss scale: a run resumed from its step-20 checkpoint ends
+    EMA and float16's loss scale: a run resumed from its step-10 checkpoint ends
     with the uninterrupted run's weights, EMA, loss scale and evals, bit for bit
     (the mixing, augmentation and drop-path draws are functions of (seed, step);
     the scale is checkpointed, and a fresh one would differ by then).
 
     Both runs are in process: the resumed one starts from a copy of the
-    uninterrupted workdir cut back to step 20, as a run killed after that
+    uninterrupted workdir cut back to step 10, as a run killed after that
     checkpoint leaves it. Killing train.py itself is test_trainer's
     test_sigkill_then_rerun_matches_uninterrupted (and test_gcs's, on a bucket)."""
     from configs import rsb
@@ -355,24 +355,24 @@ def test_recipe_resumed_from_a_checkpoint_ends_identical(tmp_path):
     reference = tmp_path / 'reference'
     trainer.train_and_evaluate(config, str(reference))
     lines = [m for m in tu.metrics(reference) if 'train_loss' in m]
-    assert [m['step'] for m in lines] == [10, 20, 30, 40]
+    assert [m['step'] for m in lines] == [5, 10, 15, 20]
     assert all(math.isfinite(m['train_loss']) for m in lines)
-    assert tu.checkpoint_steps(reference) == [20, 30, 40]   # the newest 3 are kept
+    assert tu.checkpoint_steps(reference) == [10, 15, 20]   # the newest 3 are kept
     workdir = tmp_path / 'resumed'
     shutil.copytree(reference, workdir)
-    for step in (30, 40):
+    for step in (15, 20):
         shutil.rmtree(workdir / 'checkpoints' / str(step))
     logged = (workdir / 'metrics.jsonl').read_text().splitlines(keepends=True)
     (workdir / 'metrics.jsonl').write_text(
-        ''.join(line for line in logged if json.loads(line)['step'] <= 20))
-    saved = _loss_scale(workdir, 20)
+        ''.join(line for line in logged if json.loads(line)['step'] <= 10))
+    saved = _loss_scale(workdir, 10)
     assert (float(saved['scale']), int(saved['fin_steps'])) != (2.0 ** 16, 0)
     trainer.train_and_evaluate(config, str(workdir))
-    assert [m['step'] for m in tu.metrics(workdir) if 'train_loss' in m] == [10, 20, 30, 40]
+    assert [m['step'] for m in tu.metrics(workdir) if 'train_loss' in m] == [5, 10, 15, 20]
     want, got = tu.last_eval(reference), tu.last_eval(workdir)
     assert {'eval_loss', 'ema_eval_loss', 'ema_eval_top1'} <= set(want)
     assert {k: got[k] for k in want if 'eval' in k} == {k: want[k] for k in want if 'eval' in k}
     tu.assert_trees_close(tu.load_params(workdir), tu.load_params(reference), atol=0)
-    for a, b in zip(jax.tree.leaves(_loss_scale(workdir, 40)),
-                    jax.tree.leaves(_loss_scale(reference, 40))):
+    for a, b in zip(jax.tree.leaves(_loss_scale(workdir, 20)),
+                    jax.tree.leaves(_loss_scale(reference, 20))):
         np.testing.assert_array_equal(a, b)
