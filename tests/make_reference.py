@@ -182,7 +182,7 @@ def _record(value, probe):
 def make_train(name):
     spec = model_spec(name)
     ref = spec.reference
-    model = build_reference(spec, drop_rate=0.0, **TRAIN_DEPTH[name])
+    model = build_reference(spec, drop_rate=0.0, **TRAIN_DEPTH)
     sd = model.state_dict()
     keys = [(k, list(v.shape)) for k, v in sd.items()]
     weights = random_state_dict(keys)
@@ -196,8 +196,8 @@ def make_train(name):
     loss.backward()
     probe = random_state_dict(keys, seed=1)
     record = {'reference': ref, 'source': _library_version(spec), 'torch_version': torch.__version__,
-              'overrides': TRAIN_DEPTH[name], 'keys': keys, 'loss': float(loss.detach()), 'logits': [[float(f'{v:.12g}') for v in row]
-                                                           for row in logits.detach().tolist()],
+              'overrides': TRAIN_DEPTH, 'keys': keys, 'loss': float(loss.detach()),
+              'logits': [[float(f'{v:.12g}') for v in row] for row in logits.detach().tolist()],
               'grads': {k: _record(p.grad, probe[k]) for k, p in model.named_parameters()},
               'batch_stats': {}}
     for k, v in model.state_dict().items():

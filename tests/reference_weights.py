@@ -12,7 +12,7 @@ TRAIN_NAMES = ('se_resnet50', 'legacy_se_resnet18', 'legacy_se_resnet50', 'se_re
                'se_resnext26d_32x4d', 'sk_resnext50_32x4d')
 # All at one block per stage: a stage's later blocks differ from its first only in an
 # identity shortcut, which the eval logits check at full depth (REDUCED aside).
-TRAIN_DEPTH = {name: {'layers': [1, 1, 1, 1]} for name in TRAIN_NAMES}
+TRAIN_DEPTH = {'layers': [1, 1, 1, 1]}
 TRAIN_BATCH = (2, 71, 57)   # images, height, width
 # Checked at one block per stage: every piece of their layout (deep stems, pooled or 3x3
 # projection shortcuts, anti-aliasing, widths) is in a stage's first block, and the deep

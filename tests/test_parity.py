@@ -115,12 +115,12 @@ def test_training_step_matches_reference(name):
     with open(os.path.join(FIXTURES + '_train', f'{name}.json')) as f:
         ref = json.load(f)
     assert ref['reference'] == model_spec(name).reference
-    assert ref['overrides'] == TRAIN_DEPTH[name]
+    assert ref['overrides'] == TRAIN_DEPTH
     layout = model_spec(name).layout
     images, labels = train_batch()
     with jax.enable_x64(True):
         as64 = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), tree)
-        depth = {k: tuple(v) for k, v in TRAIN_DEPTH[name].items()}
+        depth = {k: tuple(v) for k, v in TRAIN_DEPTH.items()}
         variables = as64(torch_to_flax(name, random_state_dict(ref['keys']), **depth))
         probe = torch_to_flax(name, random_state_dict(ref['keys'], seed=1), **depth)
         # Dropout off, as in the fixture (senet154 has 0.2).
