@@ -128,10 +128,11 @@ class PeerWatch:
     PREFIX = 'senet_jax/peer_watch'
 
     def __init__(self, on_lost, interval_s: float = 5.0, timeout_s: float = 60.0,
-                 client=None, exit_fn=os._exit, grace_s: float = 10.0):  # pylint: disable=protected-access
+                 client=None, exit_fn=os._exit, grace_s: float = 10.0,  # pylint: disable=protected-access
+                 exit_linger_s: float = 1.0):
         self.client = client if client is not None else _coordination_client()
         self.on_lost, self.interval_s, self.timeout_s = on_lost, interval_s, timeout_s
-        self.grace_s = grace_s
+        self.grace_s, self.exit_linger_s = grace_s, exit_linger_s
         self.exit_fn = exit_fn
         self.me, self.count = jax.process_index(), jax.process_count()
         self._stop = threading.Event()
@@ -165,6 +166,11 @@ class PeerWatch:
             except Exception:  # pylint: disable=broad-except
                 return
             if all(f'stopped/{p}' in keys or f'done/{p}' in keys for p in others):
+                # Each posts its line just before it exits. Should process 0 (and
+                # the service) go first, a process still alive aborts with a crash
+                # dump ('Terminating process because the JAX distributed service
+                # detected fatal errors'): let their exits land.
+                time.sleep(self.exit_linger_s)
                 return
             time.sleep(min(0.5, self.interval_s))
 
