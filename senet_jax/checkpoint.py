@@ -45,6 +45,14 @@ REMOVE_ATTEMPTS = 10
 # What each process found in one checkpoint, before all agree.
 _OK, _UNREADABLE, _REFUSED = 0, 1, 2
 
+# Orbax saves an array that is replicated over several devices in slices, one per
+# replica, so that every host writes a part ("replica-parallel"). Each slice is a
+# jitted program per array shape and device, compiled at a process's first save:
+# on 8 CPU devices, 200 compiles for the quickstart's 30-step train.py run (29.2 s
+# user, against 21.3 s without). Only slices of at least this size are worth
+# their compile; a smaller array is written whole by one replica.
+REPLICA_PARALLEL_MIN_SLICE_BYTES = 1 << 20
+
 # Identity fields whose change makes old checkpoints unusable for this config.
 IDENTITY_FIELDS = ('model', 'num_classes', 'model_overrides', 'dataset',
                    'batch_size')
@@ -102,7 +110,10 @@ class Checkpoints:
             preservation_policy=policy, enable_async_checkpointing=async_save,
             create=True)
         self._options = options
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={'state': _state_handler(),
+                           'meta': ocp.JsonCheckpointHandler()})
         # Reads go through a checkpointer of this process alone: Orbax's own
         # restore ends in a barrier of all processes, where a process that read
         # fine would wait (minutes) for one that failed, before any agreement.
@@ -136,7 +147,7 @@ class Checkpoints:
         self._saving = step
         try:
             return self.manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                               meta=ocp.args.JsonSave(meta)),
                 metrics=metrics, force=True)
         except Exception as e:  # pylint: disable=broad-except
@@ -355,6 +366,26 @@ class Checkpoints:
             (self.directory / str(step)).rename(target)
         multihost_utils.sync_global_devices(f'corrupt_checkpoint_{step}_moved')
         self.manager.reload()
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+    """What StandardSave writes with, but with replica-parallel saving only for
+    slices of REPLICA_PARALLEL_MIN_SLICE_BYTES or more.
+
+    The files are the same as StandardSave's, so StandardRestore reads them.
+    """
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    arrays = ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_SLICE_BYTES,
+        # The per-array metadata (write shapes) that the default handler keeps;
+        # Orbax itself finds it under this name.
+        array_metadata_store=getattr(default, '_array_metadata_store', None))
+    registry = ocp.type_handlers.create_type_handler_registry(*[
+        (ty, arrays if ty is jax.Array else ocp.type_handlers.get_type_handler(ty))
+        for ty in ocp.type_handlers.supported_types()])
+    return ocp.PyTreeCheckpointHandler(
+        save_concurrent_gb=96, restore_concurrent_gb=96,  # StandardSave's
+        type_handler_registry=registry)
 
 
 def _reason(error: Exception) -> str:

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import types
 
@@ -66,6 +67,37 @@ def _assert_same_run(workdir, baseline, rtol_first=1e-4, rtol=5e-3, params_atol=
 
 def test_eight_devices_match_one_device(one_device, eight_devices):
     _assert_same_run(eight_devices, one_device)
+
+
+SLICE_PROBE = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from senet_jax import checkpoint, sharding
+mesh = sharding.create_mesh()
+state = {'small': jnp.ones((64, 64)),      # 2 KiB a replica: written whole
+         'large': jnp.arange(8 << 18, dtype=jnp.float32).reshape(2048, 1024)}  # 1 MiB a replica
+state = sharding.replicate(state, mesh)
+ckpt = checkpoint.Checkpoints(sys.argv[1], async_save=False)
+ckpt.save(1, state, {'model': 'probe'})
+ckpt.wait()
+abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+restored, step = ckpt.restore_latest(abstract, {'model': 'probe'})
+assert step == 1 and all(np.array_equal(restored[k], state[k]) for k in state)
+ckpt.close()
+"""
+
+
+def test_replica_parallel_saving_slices_only_large_arrays(tmp_path):
+    """Orbax writes a replicated array in one slice per replica, a program compiled
+    per shape and device; below checkpoint.REPLICA_PARALLEL_MIN_SLICE_BYTES a replica
+    slice is not worth its compile, and the array is written whole."""
+    env = dict(tu.env(8), JAX_LOG_COMPILES='1')
+    proc = subprocess.run([sys.executable, '-c', SLICE_PROBE, str(tmp_path / 'run')],
+                          cwd=tu.REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sliced = re.findall(r'Compiling jit\(slice\) with global shapes and types '
+                        r'\(ShapedArray\((\w+\[[\d,]+\])', proc.stderr)
+    assert sliced == ['float32[2048,1024]'] * 8, sliced
 
 
 def test_batch_not_divisible_by_device_count(tmp_path):
