@@ -150,9 +150,12 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(reference,
 
 @pytest.mark.slow
 def test_all_checkpoints_unreadable_stops_instead_of_restarting(reference,
-                                                                tmp_path):
+                                                                tmp_path, monkeypatch):
     # In process: train.py turns this UserError into one `error:` line and exit 1
-    # as it does every other (test_workdir_of_another_model_is_refused).
+    # as it does every other (test_workdir_of_another_model_is_refused). Each
+    # checkpoint is still read READ_ATTEMPTS times, without the waits between
+    # (1 s, 2 s: 9 s idle here), whose lines test_restore_agreement checks.
+    monkeypatch.setattr(trainer.checkpoint_lib, 'READ_BACKOFF_S', 0.0)
     workdir = str(tmp_path / 'run')
     shutil.copytree(reference, workdir)
     steps = tu.checkpoint_steps(workdir)
