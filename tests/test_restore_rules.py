@@ -149,3 +149,19 @@ def test_a_field_this_run_does_not_use_is_read_and_dropped(tmp_path):
     assert step == 1 and state.ema is None
     assert float(state.params['w'][0, 0]) == 1
     ckpts.close()
+
+
+def test_a_checkpoint_written_with_standard_save_is_restored(tmp_path):
+    """Versions before the replica-parallel threshold saved the state item with
+    Orbax's StandardSave (its handler named in the step's metadata): they resume."""
+    import orbax.checkpoint as ocp
+    with ocp.CheckpointManager(tmp_path / 'checkpoints') as manager:
+        manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(_state(4)),
+                                                meta=ocp.args.JsonSave(META)))
+    ckpts = checkpoint_lib.Checkpoints(str(tmp_path), async_save=False)
+    state, step = ckpts.restore_latest(_abstract(_state(0)), META)
+    assert step == 4 and float(state.params['w'][0, 0]) == 4 and int(state.step) == 4
+    ckpts.save(5, _state(5), META)   # and the run goes on with the new handler
+    state, step = ckpts.restore_latest(_abstract(_state(0)), META)
+    assert step == 5 and float(state.params['w'][0, 0]) == 5
+    ckpts.close()
