@@ -9,6 +9,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from test_train_utils import FUSION_EMITTERS_OFF  # noqa: E402
+
 # One persistent XLA compilation cache per test run, shared by the xdist workers and
 # the train.py subprocesses they start (test_train_utils.env): the same short run
 # compiled once, not once per process; in-process tests use it too. Fresh each run, so a run never depends on
@@ -20,6 +22,14 @@ FAST_TEST_LIMIT_S = float(os.environ.get('SENET_JAX_FAST_TEST_LIMIT_S', 60))
 
 
 def pytest_configure(config):
+    # XLA:CPU's elemental fusion emitters: with the optimizations off (below) they
+    # compile se_resnet_mini's gradient in 0.29 s instead of 0.90 s; at the default
+    # level they cost about the same. Set before JAX starts its backend, so the xdist
+    # workers, the notebook kernels and the train.py subprocesses (test_train_utils.env)
+    # all compile alike (docs/architecture.md, "Tests").
+    flags = os.environ.get('XLA_FLAGS', '')
+    if FUSION_EMITTERS_OFF not in flags:
+        os.environ['XLA_FLAGS'] = f'{flags} {FUSION_EMITTERS_OFF}'.strip()
     if XLA_CACHE_ENV not in os.environ:   # the controller (or a plain run): xdist workers inherit it
         os.environ[XLA_CACHE_ENV] = tempfile.mkdtemp(prefix='senet_jax_xla_cache_')
         config._senet_jax_xla_cache = os.environ[XLA_CACHE_ENV]

@@ -36,9 +36,9 @@ def trained(digits):
 
 def _captured(model, variables, images):
     """Every submodule's output, by path (flax capture_intermediates)."""
-    _, state = model.apply(variables, analysis.prepare(jnp.asarray(images), model),
-                           capture_intermediates=True, mutable=['intermediates'])
-    return state['intermediates']
+    apply = jax.jit(lambda v, x: model.apply(v, analysis.prepare(x, model),
+                                             capture_intermediates=True, mutable=['intermediates']))
+    return apply(variables, jnp.asarray(images))[1]['intermediates']
 
 
 def test_digits_match_the_training_pipeline():
@@ -110,10 +110,10 @@ def test_class_means_equal_a_direct_computation(trained, digits):
 def test_no_squeeze_gates_are_averaged_over_space(digits):
     model = create_model('se_resnet_mini', num_classes=NUM_CLASSES, squeeze='none')
     x = digits[1][0][:4]
-    variables = model.init(jax.random.key(0), analysis.prepare(jnp.asarray(x), model))
+    variables = random_variables(model, analysis.prepare(jnp.asarray(x), model))
     _, gates = analysis.gates_and_logits(model, variables, x)
-    _, state = model.apply(variables, analysis.prepare(jnp.asarray(x), model), mutable=['intermediates'])
-    spatial = state['intermediates']['stage3_block0']['se']['gate'][0]
+    apply = jax.jit(lambda v, x: model.apply(v, analysis.prepare(x, model), mutable=['intermediates']))
+    spatial = apply(variables, jnp.asarray(x))[1]['intermediates']['stage3_block0']['se']['gate'][0]
     assert spatial.shape == (4, 8, 8, 32) and gates['stage3_block0'].shape == (4, 32)
     np.testing.assert_allclose(gates['stage3_block0'], spatial.mean((1, 2)), rtol=1e-5)
 

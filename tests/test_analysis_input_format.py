@@ -40,7 +40,8 @@ def test_the_gates_of_a_cifar_model_see_cifar_inputs():
     model = create_model('se_resnet110_cifar', units=(1, 1, 1))
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), np.uint8)
     cifar = normalize_images(images, input_format=model_spec('se_resnet110_cifar').input_format)
-    variables = model.init(jax.random.key(0), cifar)
+    variables = jax.jit(model.init)(jax.random.key(0), cifar)
     logits, _ = analysis.gates_and_logits(model, variables, images)
-    np.testing.assert_allclose(logits, model.apply(variables, cifar), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(logits, model.apply(variables, normalize_images(images)), atol=1e-3)
+    apply = jax.jit(model.apply)   # one program, not op by op
+    np.testing.assert_allclose(logits, apply(variables, cifar), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits, apply(variables, normalize_images(images)), atol=1e-3)

@@ -245,7 +245,8 @@ def test_gates_that_are_zero_at_zero_still_let_the_branch_learn(gate):
     model = create_model('se_resnet50', num_classes=3, gate=gate, **ONE_BLOCK)
     out, grads = _forward_and_grad(model, jax.random.normal(jax.random.key(3), (2, 32, 32, 3)))
     assert float(jnp.abs(grads['stage2_block0']['conv1']['kernel']).max()) > 0
-    variables = create_model('se_resnet50', num_classes=3, **TINY).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(create_model('se_resnet50', num_classes=3, **TINY).init)(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     assert float(jnp.abs(variables['params']['stage2_block0']['bn3']['scale']).max()) == 0  # sigmoid: zero-init kept
 
 

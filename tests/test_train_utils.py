@@ -21,6 +21,10 @@ SHORT_RUN = ('--config.num_train_steps=60', '--config.checkpoint_every_steps=10'
              '--config.batch_size=32')
 
 
+# XLA:CPU's elemental fusion emitters for every process of the test run (conftest).
+FUSION_EMITTERS_OFF = '--xla_cpu_use_fusion_emitters=false'
+
+
 def xla_cache_dir():
     """The persistent compilation cache of this test run (made by conftest)."""
     return os.environ.get('SENET_JAX_TEST_XLA_CACHE') or os.path.join(
@@ -29,9 +33,11 @@ def xla_cache_dir():
 
 def env(num_devices=None):
     e = dict(os.environ)
-    e.pop('XLA_FLAGS', None)
+    # The test run's own XLA:CPU flag (conftest), so that a train.py run and an
+    # in-process run of the same config compute the same numbers.
+    e['XLA_FLAGS'] = FUSION_EMITTERS_OFF
     if num_devices:
-        e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+        e['XLA_FLAGS'] += f' --xla_force_host_platform_device_count={num_devices}'
     e['TF_CPP_MIN_LOG_LEVEL'] = '2'
     e['JAX_PLATFORMS'] = 'cpu'
     # XLA:CPU compiles are the slow part of these short runs: share them
