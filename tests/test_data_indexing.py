@@ -119,11 +119,11 @@ def test_pad_batches_pads_and_appends_masked_batches():
 
 
 @pytest.mark.slow
-def test_model_zoo_digits_fake_and_the_trainer_do_not_import_tensorflow(tmp_path):
+def test_model_zoo_weights_nnx_digits_fake_and_the_trainer_do_not_import_tensorflow(tmp_path):
     code = f'''
 import sys
 import ml_collections
-import senet_jax, senet_jax.models
+import senet_jax, senet_jax.models, senet_jax.nnx, senet_jax.pretrained
 from senet_jax import data, metrics_log, trainer
 metrics_log.MetricsLog({str(tmp_path)!r}).write(1, {{'train_loss': 2.5}})
 from senet_jax.data import digits, fake
