@@ -129,8 +129,8 @@ def test_process_0_waits_for_the_others_to_read_its_line(monkeypatch):
     watch.stopped('error: cannot write checkpoint 40')
     returned = time.monotonic()
     # It returns only after the other's line, and then only after the linger
-    # (time.sleep never wakes early). Timed from when the line was posted: the
-    # Timer starts before `start`, so its 0.5 s is not a bound from there.
+    # (time.sleep never wakes early). Timed from when the line was posted, which
+    # the linger follows; the Timer's 0.5 s only decides when that is.
     assert posted and returned - posted[0] >= watch.exit_linger_s
     assert returned - start < 5
 
